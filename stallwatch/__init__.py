@@ -1,0 +1,16 @@
+"""stallwatch: find what blocks the asyncio event loop, name the line, show what it cost."""
+
+from __future__ import annotations
+
+from .events import BACKGROUND, Cause, Frame, StackSample, StallEvent
+from .monitor import LoopMonitor, get_monitor
+
+__all__ = [
+    "BACKGROUND",
+    "Cause",
+    "Frame",
+    "LoopMonitor",
+    "StackSample",
+    "StallEvent",
+    "get_monitor",
+]

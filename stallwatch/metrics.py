@@ -1,0 +1,167 @@
+"""Every metric stallwatch exports, defined once per registry.
+
+Metrics are created the first time a monitor or middleware asks for a registry and reused
+after that, so building a second app (tests, reloads) never trips prometheus-client's
+duplicate-registration error. Label children are cached by the callers: ``.labels()`` costs
+more than the observation itself.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+LAG_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+)  # fmt: skip
+"""0.5 ms to 10 s in a 1-2-5 series: fine enough to read a p99, few enough to aggregate."""
+
+REQUEST_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+HOLD_BUCKETS: tuple[float, ...] = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)  # fmt: skip
+"""A step of an ``await``-ing handler takes tens of microseconds; a blocking one, milliseconds."""
+
+
+def validate_buckets(name: str, buckets: Sequence[float]) -> tuple[float, ...]:
+    values = tuple(float(b) for b in buckets)
+    if not values or any(b <= 0 for b in values) or list(values) != sorted(set(values)):
+        raise ValueError(f"{name} must be positive, strictly increasing numbers, got {buckets!r}")
+    return values
+
+
+@dataclass(frozen=True)
+class Metrics:
+    lag: Histogram
+    stalls: Counter
+    stall_seconds: Histogram
+    stall_in_progress: Gauge
+    internal_errors: Counter
+    request_duration: Histogram
+    loop_hold: Histogram
+    loop_busy: Counter
+    frozen_seconds: Counter
+    frozen_requests: Counter
+    lag_buckets: tuple[float, ...]
+    request_buckets: tuple[float, ...]
+
+
+_lock = threading.Lock()
+_by_registry: dict[int, tuple[CollectorRegistry, Metrics]] = {}
+
+
+def metrics_for(
+    registry: CollectorRegistry | None = None,
+    *,
+    lag_buckets: Sequence[float] | None = None,
+    request_buckets: Sequence[float] | None = None,
+) -> Metrics:
+    """The metrics of ``registry`` (the default one when None), created on first use.
+
+    Asking again with other buckets is an error: a histogram's buckets cannot change once
+    it has been scraped.
+    """
+    registry = REGISTRY if registry is None else registry
+    lag = LAG_BUCKETS if lag_buckets is None else validate_buckets("lag_buckets", lag_buckets)
+    req = (
+        REQUEST_BUCKETS
+        if request_buckets is None
+        else validate_buckets("request_buckets", request_buckets)
+    )
+    with _lock:
+        known = _by_registry.get(id(registry))
+        if known is not None and known[0] is registry:
+            metrics = known[1]
+            if lag_buckets is not None and metrics.lag_buckets != lag:
+                raise ValueError(
+                    f"lag_buckets {lag!r} differ from {metrics.lag_buckets!r}, "
+                    "already registered on this registry"
+                )
+            if request_buckets is not None and metrics.request_buckets != req:
+                raise ValueError(
+                    f"request_buckets {req!r} differ from {metrics.request_buckets!r}, "
+                    "already registered on this registry"
+                )
+            return metrics
+        metrics = _create(registry, lag, req)
+        _by_registry[id(registry)] = (registry, metrics)
+        return metrics
+
+
+def _create(
+    registry: CollectorRegistry, lag: tuple[float, ...], req: tuple[float, ...]
+) -> Metrics:
+    return Metrics(
+        lag=Histogram(
+            "stallwatch_event_loop_lag_seconds",
+            "How late the event loop ran a callback that was due, beyond its schedule.",
+            buckets=lag,
+            registry=registry,
+        ),
+        stalls=Counter(
+            "stallwatch_event_loop_stalls",
+            "Stretches in which the event loop did not poll for longer than the threshold.",
+            ["culprit", "cause"],
+            registry=registry,
+        ),
+        stall_seconds=Histogram(
+            "stallwatch_event_loop_stall_seconds",
+            "Duration of each event-loop stall.",
+            ["culprit", "cause"],
+            buckets=lag,
+            registry=registry,
+        ),
+        stall_in_progress=Gauge(
+            "stallwatch_event_loop_stall_in_progress_seconds",
+            "How long the event loop has been stalled right now (0 when it is not).",
+            registry=registry,
+            multiprocess_mode="livemax",
+        ),
+        internal_errors=Counter(
+            "stallwatch_internal_errors",
+            "Errors inside stallwatch, contained and never raised into the app.",
+            ["component"],
+            registry=registry,
+        ),
+        request_duration=Histogram(
+            "stallwatch_http_request_duration_seconds",
+            "Request latency from the moment the event loop read the request to its end.",
+            ["method", "route", "status"],
+            buckets=req,
+            registry=registry,
+        ),
+        loop_hold=Histogram(
+            "stallwatch_route_loop_hold_seconds",
+            "Longest single step each request held the event loop for.",
+            ["route"],
+            buckets=HOLD_BUCKETS,
+            registry=registry,
+        ),
+        loop_busy=Counter(
+            "stallwatch_route_loop_busy_seconds",
+            "Seconds requests of a route held the event loop, all steps together.",
+            ["route"],
+            registry=registry,
+        ),
+        frozen_seconds=Counter(
+            "stallwatch_request_frozen_seconds",
+            "Seconds requests of a route waited while other work held the event loop, "
+            "by who held it.",
+            ["route", "culprit"],
+            registry=registry,
+        ),
+        frozen_requests=Counter(
+            "stallwatch_requests_frozen",
+            "Requests of a route that were frozen for at least the floor by a culprit.",
+            ["route", "culprit"],
+            registry=registry,
+        ),
+        lag_buckets=lag,
+        request_buckets=req,
+    )

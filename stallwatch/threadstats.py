@@ -1,0 +1,67 @@
+"""What the OS says about the loop thread: CPU time, run-queue wait, the syscall it waits in.
+
+These tell a loop that was *held* (its thread ran, or slept in a call it made) from one that
+was *starved* (its thread wanted to run and did not). Each reader returns None where the
+platform does not tell, and the cause is then decided without it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+_FUTEX = {"x86_64": 202, "aarch64": 98, "arm64": 98, "i686": 240, "ppc64le": 221, "s390x": 238}
+
+
+class ThreadStats:
+    def __init__(self, thread_ident: int, native_id: int) -> None:
+        self._clock: int | None = None
+        try:
+            self._clock = time.pthread_getcpuclockid(thread_ident)
+            time.clock_gettime(self._clock)
+        except (AttributeError, OSError):
+            self._clock = None
+        task = f"/proc/self/task/{native_id}"
+        self._schedstat = f"{task}/schedstat" if os.path.exists(f"{task}/schedstat") else None
+        self._syscall = f"{task}/syscall" if _readable(f"{task}/syscall") else None
+        self._futex = _FUTEX.get(platform.machine())
+
+    def cpu(self) -> float | None:
+        """CPU seconds the thread has run, read from another thread."""
+        if self._clock is None:
+            return None
+        try:
+            return time.clock_gettime(self._clock)
+        except OSError:
+            return None
+
+    def run_queue_wait(self) -> float | None:
+        """Seconds the thread has waited for a CPU while runnable (Linux schedstat)."""
+        if self._schedstat is None:
+            return None
+        try:
+            with open(self._schedstat) as f:
+                return int(f.read().split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def waiting_on_lock(self) -> bool | None:
+        """True while the thread sleeps in futex: the GIL, or a lock; None if unknown."""
+        if self._syscall is None or self._futex is None:
+            return None
+        try:
+            with open(self._syscall) as f:
+                first = f.read().split(maxsplit=1)[0]
+        except (OSError, IndexError):
+            return None
+        return first.isdigit() and int(first) == self._futex
+
+
+def _readable(path: str) -> bool:
+    try:
+        with open(path) as f:
+            f.read()
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,169 @@
+"""Busy stretches of the event loop and who held the loop in each.
+
+A *busy stretch* is the time between two polls of the event loop: while it lasts, finished I/O,
+expired timers and new connections wait. The probe (``probes.py``) tells the timeline where
+stretches begin and end; request spans (``spans.py``) tell it which request ran in each. From
+the two the timeline knows, for every stretch longer than the floor, how many seconds each
+route held the loop; it keeps running totals of those seconds so that a finishing request can
+learn what froze it during its life from two snapshots, without a loop over stretches.
+
+Everything here runs on the loop thread only, so nothing is locked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from time import perf_counter, process_time, thread_time
+from typing import TYPE_CHECKING
+
+from .events import BACKGROUND
+
+if TYPE_CHECKING:
+    from .spans import RequestSpan
+
+
+@dataclass(frozen=True, slots=True)
+class Stretch:
+    """A busy stretch at least as long as the stall threshold, as the loop saw it end."""
+
+    start: float  # perf_counter
+    end: float
+    duration: float
+    holders: dict[str, float]  # culprit -> seconds it held the loop in this stretch
+    victims: dict[str, int]  # route -> in-flight requests that did not run in it
+    thread_cpu: float  # thread_time() of the loop thread at the end
+    process_cpu: float  # process_time() at the end
+
+
+class Timeline:
+    """Stretch bookkeeping for one loop; fed by a probe, read by spans and the watchdog."""
+
+    def __init__(
+        self,
+        *,
+        floor: float,
+        threshold: float,
+        exact: bool,
+        on_stall: Callable[[Stretch], None],
+        history: int = 4096,
+        clock: Callable[[], float] = perf_counter,
+    ) -> None:
+        now = clock()
+        self.floor = floor
+        self.threshold = threshold
+        self.exact = exact
+        """True when stretches are timed at the poll itself, False when from the heartbeat."""
+        self.on_stall = on_stall
+        self.stretch_start = now
+        self.prev_stretch_start = now
+        self.busy_since: float | None = now
+        """Start of the stretch in progress, None while polling: the watchdog's one read."""
+        self.stretch_id = 0
+        self.ran: list[RequestSpan] = []
+        self.in_flight: set[RequestSpan] = set()
+        self.seq = 0
+        self.prev_seq = 0
+        self.totals: dict[str, float] = {}
+        self._history = history
+        self._ring: list[dict[str, float] | None] = [None] * history
+        self._ring[0] = {}
+
+    # -- fed by the probe -------------------------------------------------------------------
+
+    def close(self, end: float, busy: float) -> None:
+        """The loop is about to poll: the stretch that began at ``stretch_start`` ends."""
+        self.prev_seq = self.seq
+        self.prev_stretch_start = self.stretch_start
+        if busy >= self.floor:
+            self._log(end, busy)
+        elif self.ran:
+            self.ran.clear()
+        self.stretch_id += 1
+
+    def open(self, start: float) -> None:
+        self.stretch_start = start
+
+    def _log(self, end: float, busy: float) -> None:
+        holders: dict[str, float] = {}
+        held = 0.0
+        for span in self.ran:
+            seconds = span.stretch_time
+            route = span.route_label()
+            holders[route] = holders.get(route, 0.0) + seconds
+            span.own_long += seconds
+            held += seconds
+        self.ran.clear()
+        if busy > held:
+            holders[BACKGROUND] = holders.get(BACKGROUND, 0.0) + busy - held
+        totals = self.totals
+        for culprit, seconds in holders.items():
+            totals[culprit] = totals.get(culprit, 0.0) + seconds
+        self.seq += 1
+        self._ring[self.seq % self._history] = dict(totals)
+        if busy >= self.threshold:
+            self.on_stall(
+                Stretch(
+                    start=end - busy,
+                    end=end,
+                    duration=busy,
+                    holders=holders,
+                    victims=self._victims(),
+                    thread_cpu=thread_time(),
+                    process_cpu=process_time(),
+                )
+            )
+
+    def _victims(self) -> dict[str, int]:
+        sid = self.stretch_id
+        victims: dict[str, int] = {}
+        for span in self.in_flight:
+            if span.stretch_id != sid:
+                route = span.route_label()
+                victims[route] = victims.get(route, 0) + 1
+        return victims
+
+    # -- read by spans ----------------------------------------------------------------------
+
+    def frozen(self, span: RequestSpan, end: float) -> dict[str, float] | None:
+        """Seconds, by culprit, that other work held the loop during ``span``'s life."""
+        partial = end - self.stretch_start if self.exact else 0.0
+        if self.seq == span.base_seq and partial < self.floor:
+            return None
+        frozen: dict[str, float] = {}
+        if self.seq != span.base_seq:
+            before = self._snapshot(span.base_seq)
+            for culprit, seconds in self.totals.items():
+                delta = seconds - before.get(culprit, 0.0)
+                if delta > 0.0:
+                    frozen[culprit] = delta
+        own = span.own_long
+        if partial >= self.floor:
+            held = 0.0
+            for other in self.ran:
+                seconds = other.stretch_time
+                route = other.route_label()
+                frozen[route] = frozen.get(route, 0.0) + seconds
+                held += seconds
+            if partial > held:
+                frozen[BACKGROUND] = frozen.get(BACKGROUND, 0.0) + partial - held
+            if span.stretch_id == self.stretch_id:
+                own += span.stretch_time
+        if own:
+            route = span.route_label()
+            left = frozen.get(route, 0.0) - own
+            if left > 1e-9:
+                frozen[route] = left
+            else:
+                frozen.pop(route, None)
+        return frozen
+
+    def _snapshot(self, seq: int) -> dict[str, float]:
+        """Totals after ``seq`` long stretches; the oldest kept when ``seq`` is too old.
+
+        A request that outlives ``history`` long stretches (a websocket open for hours under
+        stalls) is charged only for the most recent ones: a bounded undercount, never more.
+        """
+        oldest = max(0, self.seq - self._history + 1)
+        snapshot = self._ring[max(seq, oldest) % self._history]
+        return snapshot if snapshot is not None else {}

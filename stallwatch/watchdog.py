@@ -1,0 +1,217 @@
+"""The watchdog thread: notices a held loop while it is held, samples its stack, and turns
+each stall the loop reports at its end into a ``StallEvent``.
+
+It sleeps on a ``threading.Event`` until the earliest moment a stall could have begun, so an
+idle loop costs a few wake-ups per threshold. While the loop is held it samples every
+``sample_interval``. Its own errors are counted and logged once; it never stops for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from time import perf_counter
+from typing import TYPE_CHECKING
+
+from .events import BACKGROUND, Cause, StallEvent
+from .gcwatch import GC_WATCH
+from .sampling import RawStack, StackSampler, aggregate
+from .threadstats import ThreadStats
+from .timeline import Stretch
+
+if TYPE_CHECKING:
+    from .monitor import LoopMonitor
+
+logger = logging.getLogger("stallwatch")
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    at: float
+    stack: RawStack | None
+    task: str | None
+    on_lock: bool | None
+
+
+@dataclass(slots=True)
+class _Mark:
+    """CPU counters at a moment the loop was not stalled: the start of the next window."""
+
+    at: float
+    thread_cpu: float | None
+    process_cpu: float
+    run_queue_wait: float | None
+
+
+class Watchdog:
+    def __init__(self, monitor: LoopMonitor, loop_ident: int, loop_native_id: int) -> None:
+        self._monitor = monitor
+        self._sampler = StackSampler(loop_ident)
+        self._stats = ThreadStats(loop_ident, loop_native_id)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._ended: deque[Stretch] = deque()
+        self._samples: deque[_Sample] = deque(maxlen=4096)
+        self._late: deque[float] = deque(maxlen=256)  # intended wake times that came late
+        self._mark = self._take_mark()
+        self._gauge_set = False
+        self.max_late = max(0.010, 2 * sys.getswitchinterval())
+        """A wake-up later than this was held off: the loop thread kept the GIL."""
+        self.thread = threading.Thread(
+            target=self._run, name=f"stallwatch-watchdog-{id(monitor):x}", daemon=True
+        )
+
+    # -- called from the loop thread ---------------------------------------------------------
+
+    def stall_ended(self, stretch: Stretch) -> None:
+        self._ended.append(stretch)
+        self._wake.set()
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(timeout)
+
+    def _run(self) -> None:
+        failed = False
+        timeout = 0.0
+        while not self._stop.is_set():
+            intended = perf_counter() + timeout
+            woken = self._wake.wait(timeout)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                timeout = self._tick(None if woken else intended)
+            except Exception:
+                timeout = self._monitor.stall_threshold
+                self._monitor.internal_error("watchdog", once=not failed)
+                failed = True
+        self._finish_ended()
+
+    # -- one wake-up -----------------------------------------------------------------------------
+
+    def _tick(self, intended: float | None) -> float:
+        monitor = self._monitor
+        if monitor.loop.is_closed():
+            self._stop.set()
+            monitor.stop()
+            return 0.0
+        self._finish_ended()
+        now = perf_counter()
+        if intended is not None and now - intended > self.max_late:
+            self._late.append(intended)
+        since = monitor.held_since()
+        threshold = monitor.stall_threshold
+        if since is not None and now - since >= threshold:
+            monitor.metrics.stall_in_progress.set(now - since)
+            self._gauge_set = True
+            if intended is None or now - intended <= self.max_late:
+                self._sample(now)
+            return monitor.sample_interval
+        if self._gauge_set:
+            monitor.metrics.stall_in_progress.set(0)
+            self._gauge_set = False
+        self._mark = self._take_mark()
+        if since is None:
+            return threshold / 2
+        return max(monitor.sample_interval, min(threshold / 2, since + threshold - now))
+
+    def _sample(self, now: float) -> None:
+        stack = self._sampler.sample()
+        task: str | None = None
+        try:
+            current = asyncio.current_task(self._monitor.loop)
+            if current is not None:
+                task = current.get_name()
+        except RuntimeError:
+            pass
+        self._samples.append(_Sample(now, stack, task, self._stats.waiting_on_lock()))
+
+    def _take_mark(self) -> _Mark:
+        return _Mark(
+            at=perf_counter(),
+            thread_cpu=self._stats.cpu(),
+            process_cpu=time.process_time(),
+            run_queue_wait=self._stats.run_queue_wait(),
+        )
+
+    # -- turning stretches into events --------------------------------------------------------
+
+    def _finish_ended(self) -> None:
+        while self._ended:
+            stretch = self._ended.popleft()
+            try:
+                self._monitor.record(self._event(stretch))
+            except Exception:
+                self._monitor.internal_error("watchdog", once=True)
+
+    def _event(self, stretch: Stretch) -> StallEvent:
+        samples = [s for s in self._samples if stretch.start <= s.at <= stretch.end]
+        while self._samples and self._samples[0].at <= stretch.end:
+            self._samples.popleft()
+        held_off = any(stretch.start <= t <= stretch.end for t in self._late)
+        stacks = [s.stack for s in samples if s.stack is not None]
+        mark = self._mark
+        window = max(stretch.end - mark.at, stretch.duration, 1e-9)
+        cpu_ratio: float | None = None
+        if mark.thread_cpu is not None:
+            cpu_ratio = min(1.0, max(0.0, (stretch.thread_cpu - mark.thread_cpu) / window))
+        others = (stretch.process_cpu - mark.process_cpu) / window - (cpu_ratio or 0.0)
+        wait_now = self._stats.run_queue_wait()
+        queued = (
+            (wait_now - mark.run_queue_wait) / window
+            if wait_now is not None and mark.run_queue_wait is not None
+            else None
+        )
+        locks = [s.on_lock for s in samples if s.on_lock is not None]
+        on_lock = sum(locks) / len(locks) if locks else None
+        gc_seconds = GC_WATCH.overlap(stretch.start, stretch.end)
+
+        cause: Cause = "blocking"
+        if gc_seconds >= 0.5 * stretch.duration:
+            cause = "gc"
+        elif cpu_ratio is not None and cpu_ratio < 0.5 and (
+            (others >= 0.5 and (on_lock is None or on_lock >= 0.5))
+            or (queued is not None and queued >= 0.5)
+        ):
+            cause = "starvation"
+        elif not stacks and held_off:
+            cause = "gil"
+
+        # The next window starts where this one ended, with the loop thread's own readings.
+        self._mark = _Mark(stretch.end, stretch.thread_cpu, stretch.process_cpu, wait_now)
+
+        total = stretch.duration
+        holders = sorted(stretch.holders.items(), key=lambda kv: kv[1], reverse=True)
+        culprits = {name: seconds / total for name, seconds in holders}
+        culprit = holders[0][0] if holders else BACKGROUND
+        aggregated = aggregate(stacks)
+        top = self._sampler.top_user_frame(aggregated[0].frames) if aggregated else None
+        tasks = Counter(s.task for s in samples if s.task)
+        return StallEvent(
+            started_at=time.time() - (perf_counter() - stretch.start),
+            duration=total,
+            cause=cause,
+            culprit=culprit,
+            culprits=culprits,
+            victims=dict(stretch.victims),
+            top_frame=top,
+            stacks=aggregated,
+            sampled=bool(stacks),
+            task=tasks.most_common(1)[0][0] if tasks else None,
+            gc_seconds=gc_seconds,
+            loop_cpu_ratio=cpu_ratio,
+        )
+
