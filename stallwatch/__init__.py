@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .events import BACKGROUND, Cause, Frame, StackSample, StallEvent
+from .exposition import metrics_app, start_metrics_server
+from .middleware import StallwatchMiddleware
 from .monitor import LoopMonitor, get_monitor
 
 __all__ = [
@@ -12,5 +14,8 @@ __all__ = [
     "LoopMonitor",
     "StackSample",
     "StallEvent",
+    "StallwatchMiddleware",
     "get_monitor",
+    "metrics_app",
+    "start_metrics_server",
 ]
