@@ -100,10 +100,13 @@ class StallwatchMiddleware:
     # -- per request -----------------------------------------------------------------------
 
     def _open(self, scope: Scope, send: Send) -> RequestSpan:
+        if self._bind_app:
+            self._bind(scope)
         loop = asyncio.get_running_loop()
         timeline = self._timeline
-        if loop is not self._loop or timeline is None or self.monitor is None or not self.monitor.running:
-            timeline = self._attach(loop, scope)
+        monitor = self.monitor
+        if loop is not self._loop or timeline is None or monitor is None or not monitor.running:
+            timeline = self._attach(loop)
         span = RequestSpan(timeline, scope, send, self._resolve, perf_counter())
         timeline.in_flight.add(span)
         return span
@@ -151,12 +154,14 @@ class StallwatchMiddleware:
 
     # -- the monitor's life cycle ------------------------------------------------------------
 
-    def _attach(self, loop: asyncio.AbstractEventLoop, scope: Scope | None = None) -> Timeline:
-        if self._bind_app and scope is not None and isinstance(self._resolve, StarletteRoutes):
-            top = scope.get("app")
-            if top is not None and hasattr(top, "routes"):
-                self._resolve.app = top
-                self._bind_app = False
+    def _bind(self, scope: Scope) -> None:
+        """Give the route resolver the application's route tree, to name mounted routes."""
+        self._bind_app = False
+        top = scope.get("app")
+        if isinstance(self._resolve, StarletteRoutes) and hasattr(top, "routes"):
+            self._resolve.app = top
+
+    def _attach(self, loop: asyncio.AbstractEventLoop) -> Timeline:
         monitor = get_monitor(loop)
         if monitor is None:
             monitor = LoopMonitor(loop, **self._monitor_options)
