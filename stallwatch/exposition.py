@@ -18,7 +18,10 @@ from ._types import ASGIApp
 
 def multiprocess_dir() -> str | None:
     """prometheus-client's multiprocess directory, when this process runs in that mode."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+    # prometheus-client still honours the old lower-case name; so do we.
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get(
+        "prometheus_multiproc_dir"  # noqa: SIM112
+    )
 
 
 def exposition_registry(registry: CollectorRegistry | None = None) -> CollectorRegistry:
@@ -27,7 +30,7 @@ def exposition_registry(registry: CollectorRegistry | None = None) -> CollectorR
         return registry
     if multiprocess_dir():
         collected = CollectorRegistry()
-        MultiProcessCollector(collected)
+        MultiProcessCollector(collected)  # type: ignore[no-untyped-call]
         return collected
     return REGISTRY
 

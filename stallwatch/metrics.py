@@ -94,9 +94,7 @@ def metrics_for(
         return metrics
 
 
-def _create(
-    registry: CollectorRegistry, lag: tuple[float, ...], req: tuple[float, ...]
-) -> Metrics:
+def _create(registry: CollectorRegistry, lag: tuple[float, ...], req: tuple[float, ...]) -> Metrics:
     return Metrics(
         lag=Histogram(
             "stallwatch_event_loop_lag_seconds",

@@ -73,7 +73,9 @@ class LoopMonitor:
         if not isinstance(history, int) or history < 1:
             raise ValueError(f"history must be a positive integer, got {history!r}")
         if log_burst < 1 or log_every <= 0:
-            raise ValueError(f"log_burst and log_every must be positive, got {log_burst}, {log_every}")
+            raise ValueError(
+                f"log_burst and log_every must be positive, got {log_burst!r}, {log_every!r}"
+            )
         self._loop = loop
         self.metrics: Metrics = metrics_for(registry, lag_buckets=lag_buckets)
         self._history: deque[StallEvent] = deque(maxlen=history)
@@ -143,11 +145,11 @@ class LoopMonitor:
             on_stall=self._stall_ended,
         )
         if selector is not None:
-            probe: PollProbe | HeartbeatProbe = PollProbe(selector, self._timeline)
-            probe.install()
+            poll = PollProbe(selector, self._timeline)
+            poll.install()
+            self._probe = poll
         else:
-            probe = HeartbeatProbe(loop, self._timeline)
-        self._probe = probe
+            self._probe = HeartbeatProbe(loop, self._timeline)
         self._watchdog = Watchdog(self, threading.get_ident(), threading.get_native_id())
         GC_WATCH.acquire()
         self._started = True
@@ -269,7 +271,9 @@ class LoopMonitor:
             child.inc()
             if component not in self._logged_errors or not once:
                 self._logged_errors.add(component)
-                logger.exception("stallwatch: internal error in %s (counted, not raised)", component)
+                logger.exception(
+                    "stallwatch: internal error in %s (counted, not raised)", component
+                )
         except Exception:  # pragma: no cover - the last line of defence
             pass
 
@@ -287,5 +291,3 @@ def _register_atexit() -> None:
 def _stop_all() -> None:
     for monitor in list(_monitors.values()):
         monitor.stop()
-
-

@@ -70,8 +70,11 @@ class StarletteRoutes:
         return templates[id(route)]
 
 
-def method_label(method: str, _known: frozenset[str] = frozenset(
-    ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
-)) -> str:
+def method_label(
+    method: str,
+    _known: frozenset[str] = frozenset(
+        ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
+    ),
+) -> str:
     """Methods are client input: anything unknown is ``OTHER`` so the label set stays small."""
     return method if method in _known else "OTHER"

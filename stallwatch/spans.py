@@ -71,7 +71,7 @@ class RequestSpan:
         return self
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        return self  # type: ignore[return-value]
+        return self
 
     def __iter__(self) -> RequestSpan:
         return self

@@ -60,7 +60,8 @@ class IdleMeter:
     def _find_uv_loop(loop: object) -> int | None:
         base = id(loop)
         size = min(type(loop).__basicsize__, 256)
-        for offset in range(2 * ctypes.sizeof(ctypes.c_void_p), size, ctypes.sizeof(ctypes.c_void_p)):
+        word = ctypes.sizeof(ctypes.c_void_p)
+        for offset in range(2 * word, size, word):
             candidate = ctypes.c_void_p.from_address(base + offset).value
             if not candidate or candidate % 8 or not _mapped(candidate):
                 continue

@@ -182,9 +182,13 @@ class Watchdog:
         cause: Cause = "blocking"
         if gc_seconds >= 0.5 * stretch.duration:
             cause = "gc"
-        elif cpu_ratio is not None and cpu_ratio < 0.5 and (
-            (others >= 0.5 and (on_lock is None or on_lock >= 0.5))
-            or (queued is not None and queued >= 0.5)
+        elif (
+            cpu_ratio is not None
+            and cpu_ratio < 0.5
+            and (
+                (others >= 0.5 and (on_lock is None or on_lock >= 0.5))
+                or (queued is not None and queued >= 0.5)
+            )
         ):
             cause = "starvation"
         elif not stacks and held_off:
@@ -214,4 +218,3 @@ class Watchdog:
             gc_seconds=gc_seconds,
             loop_cpu_ratio=cpu_ratio,
         )
-
