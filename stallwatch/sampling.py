@@ -26,6 +26,10 @@ def _library_roots() -> tuple[str, ...]:
     return tuple(sorted({os.path.join(os.path.realpath(r), "") for r in roots}))
 
 
+_SELF_TEST = os.path.join(os.path.dirname(os.path.realpath(__file__)), "__main__.py")
+"""``python -m stallwatch`` blocks the loop from inside the package, on purpose."""
+
+
 class StackSampler:
     """Reads one thread's Python stack and names its innermost frame of user code."""
 
@@ -53,7 +57,7 @@ class StackSampler:
                 known = False
             else:
                 real = os.path.realpath(filename)
-                known = not real.startswith(self._roots)
+                known = real == _SELF_TEST or not real.startswith(self._roots)
             self._user[filename] = known
         return known
 
