@@ -77,7 +77,10 @@ async def _run(output: str) -> int:
                 measured.append((name, time.perf_counter() - began))
                 await asyncio.sleep(0.1)
             deadline = time.monotonic() + 2
-            while len(monitor.recent_stalls()) < len(blockers) and time.monotonic() < deadline:
+            # The watchdog thread records each stall just after it ends: give it a moment.
+            while len(monitor.recent_stalls()) < len(blockers):
+                if time.monotonic() > deadline:
+                    break
                 await asyncio.sleep(0.02)
             events = monitor.recent_stalls()
     if output == "json":
@@ -85,7 +88,7 @@ async def _run(output: str) -> int:
         return 0
     print(as_text(events))
     print()
-    for (name, seconds), event in zip(measured, events):
+    for (name, seconds), event in zip(measured, events, strict=False):
         error = (event.duration - seconds) * 1e3
         print(f"{name:<24} blocked {seconds * 1e3:7.1f} ms, reported {error:+.2f} ms off")
     return 0 if len(events) == len(blockers) else 1
