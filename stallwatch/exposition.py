@@ -11,9 +11,9 @@ import threading
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, make_asgi_app, start_http_server
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from ._types import ASGIApp
+from .multiprocess import MultiProcessCollector  # reads under the dead-worker cleanup's lock
 
 
 def multiprocess_dir() -> str | None:
@@ -30,7 +30,7 @@ def exposition_registry(registry: CollectorRegistry | None = None) -> CollectorR
         return registry
     if multiprocess_dir():
         collected = CollectorRegistry()
-        MultiProcessCollector(collected)  # type: ignore[no-untyped-call]
+        MultiProcessCollector(collected)
         return collected
     return REGISTRY
 
