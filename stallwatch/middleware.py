@@ -19,7 +19,8 @@ from ._types import ASGIApp, Message, Receive, Scope, Send
 from .exposition import metrics_app, start_metrics_server
 from .metrics import Metrics, metrics_for
 from .monitor import LoopMonitor, get_monitor
-from .routes import RouteResolver, StarletteRoutes, method_label
+from .multiprocess import start_cleanup
+from .routes import UNMATCHED, RouteResolver, StarletteRoutes, method_label
 from .spans import RequestSpan
 from .timeline import Timeline
 
@@ -50,6 +51,10 @@ class StallwatchMiddleware:
             "registry": registry,
             "lag_buckets": lag_buckets,
         }
+        # The metrics first: the monitor would register them with the default request buckets.
+        self.metrics: Metrics = metrics_for(
+            registry, lag_buckets=lag_buckets, request_buckets=request_buckets
+        )
         LoopMonitor(**self._monitor_options)  # validates the options now, not on startup
         if metrics_path is not None and not metrics_path.startswith("/"):
             raise ValueError(f"metrics_path must start with '/', got {metrics_path!r}")
@@ -58,10 +63,8 @@ class StallwatchMiddleware:
         ):
             raise ValueError(f"metrics_port must be an integer 0-65535, got {metrics_port!r}")
         self._registry = registry
-        self.metrics: Metrics = metrics_for(
-            registry, lag_buckets=lag_buckets, request_buckets=request_buckets
-        )
-        self._resolve: RouteResolver = route_resolver or StarletteRoutes(app)
+        self._resolver: RouteResolver = route_resolver or StarletteRoutes(app)
+        self._resolve: RouteResolver = self._contained_resolve  # bound once, not per request
         self._bind_app = route_resolver is None and not hasattr(app, "routes")
         self._metrics_path = metrics_path
         self._metrics_app = metrics_app(registry) if metrics_path is not None else None
@@ -158,8 +161,17 @@ class StallwatchMiddleware:
         """Give the route resolver the application's route tree, to name mounted routes."""
         self._bind_app = False
         top = scope.get("app")
-        if isinstance(self._resolve, StarletteRoutes) and hasattr(top, "routes"):
-            self._resolve.app = top
+        if isinstance(self._resolver, StarletteRoutes) and hasattr(top, "routes"):
+            self._resolver.app = top
+
+    def _contained_resolve(self, scope: Scope) -> str | None:
+        # The timeline names routes from inside the loop's poll, where an exception would
+        # stop the event loop: a resolver that raises (a user's) names the request unmatched.
+        try:
+            return self._resolver(scope)
+        except Exception:
+            self._internal_error("middleware")
+            return UNMATCHED
 
     def _attach(self, loop: asyncio.AbstractEventLoop) -> Timeline:
         monitor = get_monitor(loop)
@@ -171,6 +183,7 @@ class StallwatchMiddleware:
         self._loop = loop
         self._timeline = monitor.timeline
         self._start_metrics_server()
+        start_cleanup()  # dead workers' metric files; a no-op unless in multiprocess mode
         return monitor.timeline
 
     def _lifespan_receive(self, receive: Receive) -> Receive:

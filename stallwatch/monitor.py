@@ -93,6 +93,9 @@ class LoopMonitor:
         self._beat: asyncio.TimerHandle | None = None
         self._due = 0.0
         self.last_beat = 0.0
+        self.stops_seen = 0
+        """Bumped by the watchdog while the loop is stopped (between two ``run_*`` calls)."""
+        self._beat_stops = 0
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -193,8 +196,8 @@ class LoopMonitor:
     def held_since(self) -> float | None:
         """When the loop last stopped polling, if it is busy now (watchdog thread)."""
         timeline = self._timeline
-        if timeline is None:
-            return None
+        if timeline is None or not self.loop.is_running():
+            return None  # a stopped loop is not a stalled one
         if timeline.exact:
             return timeline.busy_since
         return self.last_beat + self.interval
@@ -210,13 +213,19 @@ class LoopMonitor:
             self.last_beat = now
             lag = self.metrics.lag
             interval = self.interval
-            lag.observe(max(lateness, 0.0))
-            # The beats that were due while the loop was held never ran: record the lag each
-            # would have seen, or the histogram hides exactly the stalls it exists to show.
-            missed = lateness - interval
-            while missed > 0.0:
-                lag.observe(missed)
-                missed -= interval
+            stops = self.stops_seen
+            if stops != self._beat_stops:
+                # The loop was stopped since the last beat: that wait was no callback's lag.
+                self._beat_stops = stops
+            else:
+                lag.observe(max(lateness, 0.0))
+                # The beats that were due while the loop was held never ran: record the lag
+                # each would have seen, or the histogram hides exactly the stalls it exists
+                # to show.
+                missed = lateness - interval
+                while missed > 0.0:
+                    lag.observe(missed)
+                    missed -= interval
             if isinstance(self._probe, HeartbeatProbe):
                 self._probe.beat(now, lateness)
         except Exception:

@@ -20,6 +20,13 @@ RouteResolver = Callable[[Scope], "str | None"]
 
 def _mount_templates(routes: Iterable[Any], prefix: str, out: dict[int, str]) -> None:
     for route in routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        if callable(contexts):  # a router FastAPI included whole: its routes with the prefix
+            for context in contexts():
+                template = getattr(context, "path_format", None)
+                if isinstance(template, str):
+                    out[id(getattr(context, "original_route", context))] = prefix + template
+            continue
         path = getattr(route, "path", None)
         if not isinstance(path, str):
             continue
@@ -49,6 +56,16 @@ class StarletteRoutes:
             path = getattr(route, "path", None)
             if not isinstance(path, str):
                 return None
+            fastapi = scope.get("fastapi")
+            if fastapi:
+                # FastAPI versions that keep included routers whole leave the route without
+                # its ``include_router`` prefix in ``scope["route"]``; the full template is
+                # on the effective route they record next to it.
+                effective = fastapi.get("effective_route_context")
+                if getattr(effective, "original_route", None) is route:
+                    full = getattr(effective, "path_format", None)
+                    if isinstance(full, str):
+                        path = full
             root = scope.get("root_path", "")
             if not root or root == scope.get("app_root_path", root):
                 return path

@@ -57,7 +57,9 @@ class Watchdog:
         self._wake = threading.Event()
         self._ended: deque[Stretch] = deque()
         self._samples: deque[_Sample] = deque(maxlen=4096)
-        self._late: deque[float] = deque(maxlen=256)  # intended wake times that came late
+        # (intended, actual) of wake-ups that came late: the watchdog was held off in between
+        self._late: deque[tuple[float, float]] = deque(maxlen=256)
+        self._stopped: deque[float] = deque(maxlen=256)  # times the loop was seen stopped
         self._mark = self._take_mark()
         self._gauge_set = False
         self.max_late = max(0.010, 2 * sys.getswitchinterval())
@@ -84,7 +86,6 @@ class Watchdog:
             self.thread.join(timeout)
 
     def _run(self) -> None:
-        failed = False
         timeout = 0.0
         while not self._stop.is_set():
             intended = perf_counter() + timeout
@@ -96,8 +97,9 @@ class Watchdog:
                 timeout = self._tick(None if woken else intended)
             except Exception:
                 timeout = self._monitor.stall_threshold
-                self._monitor.internal_error("watchdog", once=not failed)
-                failed = True
+                # Counted every time, logged the first time only: a failure that repeats on
+                # every tick must not flood the log.
+                self._monitor.internal_error("watchdog", once=True)
         self._finish_ended()
 
     # -- one wake-up -----------------------------------------------------------------------------
@@ -111,7 +113,10 @@ class Watchdog:
         self._finish_ended()
         now = perf_counter()
         if intended is not None and now - intended > self.max_late:
-            self._late.append(intended)
+            self._late.append((intended, now))
+        if not monitor.loop.is_running():
+            self._stopped.append(now)
+            monitor.stops_seen += 1
         since = monitor.held_since()
         threshold = monitor.stall_threshold
         if since is not None and now - since >= threshold:
@@ -153,15 +158,24 @@ class Watchdog:
         while self._ended:
             stretch = self._ended.popleft()
             try:
-                self._monitor.record(self._event(stretch))
+                event = self._event(stretch)
+                if event is not None:
+                    self._monitor.record(event)
             except Exception:
                 self._monitor.internal_error("watchdog", once=True)
 
-    def _event(self, stretch: Stretch) -> StallEvent:
+    def _event(self, stretch: Stretch) -> StallEvent | None:
         samples = [s for s in self._samples if stretch.start <= s.at <= stretch.end]
         while self._samples and self._samples[0].at <= stretch.end:
             self._samples.popleft()
-        held_off = any(stretch.start <= t <= stretch.end for t in self._late)
+        if any(stretch.start <= t <= stretch.end for t in self._stopped):
+            # The loop was stopped for part of it (between two run_until_complete calls):
+            # not a stall, and whatever ran meanwhile was not on the loop.
+            self._mark = self._take_mark()
+            return None
+        # A wake-up due just before the stretch began is held off by the same GIL holder:
+        # what counts is that the watchdog was kept from running while the loop was held.
+        held_off = any(due <= stretch.end and woke >= stretch.start for due, woke in self._late)
         stacks = [s.stack for s in samples if s.stack is not None]
         mark = self._mark
         window = max(stretch.end - mark.at, stretch.duration, 1e-9)
@@ -188,6 +202,10 @@ class Watchdog:
             and (
                 (others >= 0.5 and (on_lock is None or on_lock >= 0.5))
                 or (queued is not None and queued >= 0.5)
+                # The watchdog was held off, but the loop thread barely ran: it did not hold
+                # the GIL in a native call, it waited (for the GIL or for a CPU) like the
+                # watchdog did.
+                or (not stacks and held_off)
             )
         ):
             cause = "starvation"
