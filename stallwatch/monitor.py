@@ -22,8 +22,9 @@ from prometheus_client import CollectorRegistry
 from .events import StallEvent
 from .gcwatch import GC_WATCH
 from .metrics import Metrics, metrics_for
-from .probes import HeartbeatProbe, PollProbe
+from .probes import HeartbeatProbe, PollProbe, PreparePollProbe
 from .timeline import Stretch, Timeline
+from .uvloop_idle import LibUV
 from .watchdog import Watchdog
 
 logger = logging.getLogger("stallwatch")
@@ -88,7 +89,7 @@ class LoopMonitor:
         self._errors: dict[str, Any] = {}
         self._started = False
         self._timeline: Timeline | None = None
-        self._probe: PollProbe | HeartbeatProbe | None = None
+        self._probe: PollProbe | PreparePollProbe | HeartbeatProbe | None = None
         self._watchdog: Watchdog | None = None
         self._beat: asyncio.TimerHandle | None = None
         self._due = 0.0
@@ -117,7 +118,8 @@ class LoopMonitor:
 
     @property
     def probe(self) -> str:
-        """How stretches are timed: ``poll`` (exact), ``heartbeat+uv-idle`` or ``heartbeat``."""
+        """How stretches are timed: ``poll`` (asyncio) and ``uv-prepare`` (uvloop) are exact;
+        ``heartbeat+uv-idle`` and ``heartbeat`` are the fallbacks."""
         return self._probe.name if self._probe is not None else "none"
 
     def recent_stalls(self) -> list[StallEvent]:
@@ -147,12 +149,7 @@ class LoopMonitor:
             exact=selector is not None,
             on_stall=self._stall_ended,
         )
-        if selector is not None:
-            poll = PollProbe(selector, self._timeline)
-            poll.install()
-            self._probe = poll
-        else:
-            self._probe = HeartbeatProbe(loop, self._timeline)
+        self._probe = self._install_probe(loop, selector, self._timeline)
         self._watchdog = Watchdog(self, threading.get_ident(), threading.get_native_id())
         GC_WATCH.acquire()
         self._started = True
@@ -162,6 +159,23 @@ class LoopMonitor:
         self._watchdog.start()
         _register_atexit()
         return True
+
+    @staticmethod
+    def _install_probe(
+        loop: asyncio.AbstractEventLoop, selector: object, timeline: Timeline
+    ) -> PollProbe | PreparePollProbe | HeartbeatProbe:
+        if selector is not None:
+            poll = PollProbe(selector, timeline)
+            poll.install()
+            return poll
+        libuv = LibUV.attach(loop)
+        if libuv is not None:
+            prepare = PreparePollProbe(loop, timeline, libuv)
+            if prepare.install():
+                timeline.exact = True
+                timeline.origin_previous = False
+                return prepare
+        return HeartbeatProbe(timeline, libuv)
 
     def stop(self) -> None:
         """Stop watching and join the watchdog thread; safe to call twice or from any thread."""
@@ -198,6 +212,9 @@ class LoopMonitor:
         timeline = self._timeline
         if timeline is None or not self.loop.is_running():
             return None  # a stopped loop is not a stalled one
+        probe = self._probe
+        if isinstance(probe, PreparePollProbe):
+            return probe.held_since()
         if timeline.exact:
             return timeline.busy_since
         return self.last_beat + self.interval
@@ -223,7 +240,9 @@ class LoopMonitor:
                 # each would have seen, or the histogram hides exactly the stalls it exists
                 # to show.
                 missed = lateness - interval
-                while missed > 0.0:
+                # Not > 0.0: on uvloop's millisecond clock a lateness is often an exact
+                # multiple of the interval, and rounding would add a beat of ~0 lag.
+                while missed > 1e-9:
                     lag.observe(missed)
                     missed -= interval
             if isinstance(self._probe, HeartbeatProbe):

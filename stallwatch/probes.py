@@ -2,10 +2,11 @@
 
 - ``PollProbe``: the standard selector loop calls ``selector.select()`` once per iteration;
   wrapping that one method times every poll to the microsecond.
-- ``HeartbeatProbe``: loops without a Python-visible selector (uvloop) are timed from the
-  heartbeat. With libuv's idle-time metric (``uvloop_idle.py``) the busy time between two
-  beats is exact; without it, a beat's lateness is all there is, and a stretch can be off
-  by up to one heartbeat interval.
+- ``PreparePollProbe``: uvloop has no Python-visible selector; a libuv prepare handle and
+  libuv's idle-time metric, reached through ctypes (``uvloop_idle.py``), time it as exactly.
+- ``HeartbeatProbe``: anything else is timed from the heartbeat. With libuv's idle-time
+  metric the busy time between two beats is exact; without it, a beat's lateness is all
+  there is, and a stretch can be off by up to one heartbeat interval.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from time import perf_counter
 from typing import Any
 
 from .timeline import Timeline
-from .uvloop_idle import IdleMeter
+from .uvloop_idle import LibUV, PrepareHandle
 
 
 class PollProbe:
@@ -65,19 +66,92 @@ class PollProbe:
             self._selector.__dict__.pop("select", None)
 
 
-class HeartbeatProbe:
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeline: Timeline) -> None:
+class PreparePollProbe:
+    """uvloop: a libuv prepare handle marks each stretch's end (the loop is about to poll),
+    and libuv's idle-time metric says how long the previous poll waited, hence where the
+    stretch began. Both are exact; the callback costs about a microsecond per iteration.
+
+    Under uvloop a request's task is created by an I/O callback right after the poll and
+    first runs later in the same iteration, so its life starts with the current stretch.
+    """
+
+    name = "uv-prepare"
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeline: Timeline, libuv: LibUV) -> None:
+        self._loop = loop
         self._timeline = timeline
-        self._idle = IdleMeter.attach(loop)
-        self.name = "heartbeat+uv-idle" if self._idle is not None else "heartbeat"
+        self._libuv = libuv
+        self._last = (perf_counter(), libuv.idle_seconds())
+        self._handle: PrepareHandle | None = None
+        self.errors = 0
+
+    def install(self) -> bool:
+        handle = self._libuv.prepare(self._about_to_poll)
+        if handle is None:
+            return False
+        self._handle = handle
+        timeline = self._timeline
+        timeline.lazy_start = self.stretch_start
+        # uvloop refuses to close with a handle it does not know still open: close ours first.
+        original_close = self._loop.close
+
+        def close() -> None:
+            self.uninstall()
+            original_close()
+
+        self._loop.close = close  # type: ignore[method-assign]
+        return True
+
+    def stretch_start(self) -> float:
+        """When the loop last came back from polling (loop thread, outside the poll)."""
+        at, idle = self._last
+        return at + (self._libuv.idle_seconds() - idle)
+
+    def held_since(self) -> float | None:
+        """The same from the watchdog thread: libuv counts a poll in progress as idle, so
+        while the loop polls this is about now, and while it is held it stays put."""
+        return self.stretch_start()
+
+    def _about_to_poll(self) -> None:
+        try:
+            now = perf_counter()
+            idle = self._libuv.idle_seconds()
+            at, last_idle = self._last
+            start = at + (idle - last_idle)
+            self._last = (now, idle)
+            timeline = self._timeline
+            timeline.stretch_start = start
+            busy = now - start
+            if busy >= timeline.floor or timeline.ran:
+                timeline.close(now, busy)
+            else:
+                timeline.prev_seq = timeline.seq
+                timeline.prev_stretch_start = start
+                timeline.stretch_id += 1
+        except Exception:  # a callback from C must never raise
+            self.errors += 1
+
+    def uninstall(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+            self._timeline.lazy_start = None
+            self._loop.__dict__.pop("close", None)
+
+
+class HeartbeatProbe:
+    def __init__(self, timeline: Timeline, libuv: LibUV | None) -> None:
+        self._timeline = timeline
+        self._libuv = libuv
+        self.name = "heartbeat+uv-idle" if libuv is not None else "heartbeat"
         self._last = perf_counter()
-        self._last_idle = self._idle.seconds() if self._idle is not None else 0.0
+        self._last_idle = libuv.idle_seconds() if libuv is not None else 0.0
 
     def beat(self, now: float, lateness: float) -> None:
         """Called by the heartbeat: the window since the previous beat is one stretch."""
         window = now - self._last
-        if self._idle is not None:
-            idle = self._idle.seconds()
+        if self._libuv is not None:
+            idle = self._libuv.idle_seconds()
             busy = max(0.0, window - (idle - self._last_idle))
             self._last_idle = idle
         else:
@@ -88,5 +162,4 @@ class HeartbeatProbe:
         timeline.open(now)
 
     def uninstall(self) -> None:
-        if self._idle is not None:
-            self._idle.detach()
+        """Nothing to undo: libuv has no call to switch its idle-time metric off."""

@@ -50,11 +50,18 @@ class RequestSpan:
         self.scope = scope
         self._send = send
         self._resolve = resolve
-        # The request's life starts when the loop read it. Its first step runs in the stretch
-        # after the one in which the server read it and created its task, so where the poll
-        # is timed that moment is the start of the previous stretch; elsewhere, now.
-        self.start = timeline.prev_stretch_start if timeline.exact else now
-        self.base_seq = timeline.prev_seq if timeline.exact else timeline.seq
+        # The request's life starts when the loop read it. Under asyncio its first step runs
+        # in the stretch after the one in which the server read it and created its task;
+        # under uvloop, in the same one. Where polls are not timed: its first step.
+        if not timeline.exact:
+            self.start = now
+            self.base_seq = timeline.seq
+        elif timeline.origin_previous:
+            self.start = timeline.prev_stretch_start
+            self.base_seq = timeline.prev_seq
+        else:
+            self.start = timeline.current_start()
+            self.base_seq = timeline.seq
         self.busy = 0.0
         self.longest = 0.0
         self.own_long = 0.0

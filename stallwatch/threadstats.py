@@ -55,6 +55,10 @@ class ThreadStats:
                 first = f.read().split(maxsplit=1)[0]
         except (OSError, IndexError):
             return None
+        if first == "running":
+            # In no syscall: on a CPU, or just woken by the GIL's hand-off and not yet there.
+            # The watchdog reads this while it holds the GIL, so it tells nothing either way.
+            return None
         return first.isdigit() and int(first) == self._futex
 
 

@@ -56,6 +56,12 @@ class Timeline:
         """True when stretches are timed at the poll itself, False when from the heartbeat."""
         self.on_stall = on_stall
         self.stretch_start = now
+        self.lazy_start: Callable[[], float] | None = None
+        """Where the probe learns a stretch's start only on demand (uvloop): how to ask."""
+        self._start_id = -1
+        self.origin_previous = True
+        """A request's life starts with the previous stretch (asyncio: the server read it and
+        created its task there) rather than the current one (uvloop: same iteration)."""
         self.prev_stretch_start = now
         self.busy_since: float | None = now
         """Start of the stretch in progress, None while polling: the watchdog's one read."""
@@ -83,6 +89,14 @@ class Timeline:
 
     def open(self, start: float) -> None:
         self.stretch_start = start
+
+    def current_start(self) -> float:
+        """Start of the stretch in progress (loop thread)."""
+        lazy = self.lazy_start
+        if lazy is not None and self._start_id != self.stretch_id:
+            self._start_id = self.stretch_id
+            self.stretch_start = lazy()
+        return self.stretch_start
 
     def _log(self, end: float, busy: float) -> None:
         holders: dict[str, float] = {}
@@ -127,7 +141,7 @@ class Timeline:
 
     def frozen(self, span: RequestSpan, end: float) -> dict[str, float] | None:
         """Seconds, by culprit, that other work held the loop during ``span``'s life."""
-        partial = end - self.stretch_start if self.exact else 0.0
+        partial = end - self.current_start() if self.exact else 0.0
         if self.seq == span.base_seq and partial < self.floor:
             return None
         frozen: dict[str, float] = {}

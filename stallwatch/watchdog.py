@@ -176,7 +176,14 @@ class Watchdog:
         # A wake-up due just before the stretch began is held off by the same GIL holder:
         # what counts is that the watchdog was kept from running while the loop was held.
         held_off = any(due <= stretch.end and woke >= stretch.start for due, woke in self._late)
+        held_for = sum(
+            max(0.0, min(woke, stretch.end) - max(due, stretch.start)) for due, woke in self._late
+        )
         stacks = [s.stack for s in samples if s.stack is not None]
+        if held_for >= 0.5 * stretch.duration:
+            # Kept off the GIL for most of the stall, the watchdog could only sample after the
+            # native call returned (the loop thread slow to resume): that is not the block.
+            stacks = []
         mark = self._mark
         window = max(stretch.end - mark.at, stretch.duration, 1e-9)
         cpu_ratio: float | None = None
