@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
@@ -84,6 +85,9 @@ class PreparePollProbe:
         self._last = (perf_counter(), libuv.idle_seconds())
         self._handle: PrepareHandle | None = None
         self.errors = 0
+        # Closing the loop frees what idle_seconds() reads, and the watchdog reads it without
+        # the GIL (ctypes lets it go): the two must not overlap.
+        self._closing = threading.Lock()
 
     def install(self) -> bool:
         handle = self._libuv.prepare(self._about_to_poll)
@@ -96,8 +100,9 @@ class PreparePollProbe:
         original_close = self._loop.close
 
         def close() -> None:
-            self.uninstall()
-            original_close()
+            with self._closing:
+                self.uninstall()
+                original_close()
 
         self._loop.close = close  # type: ignore[method-assign]
         return True
@@ -110,7 +115,10 @@ class PreparePollProbe:
     def held_since(self) -> float | None:
         """The same from the watchdog thread: libuv counts a poll in progress as idle, so
         while the loop polls this is about now, and while it is held it stays put."""
-        return self.stretch_start()
+        with self._closing:
+            if self._handle is None:
+                return None  # uninstalled, or the loop is closed: nothing to read any more
+            return self.stretch_start()
 
     def _about_to_poll(self) -> None:
         try:

@@ -89,12 +89,14 @@ class Watchdog:
         timeout = 0.0
         while not self._stop.is_set():
             intended = perf_counter() + timeout
-            woken = self._wake.wait(timeout)
+            self._wake.wait(timeout)
             self._wake.clear()
             if self._stop.is_set():
                 break
             try:
-                timeout = self._tick(None if woken else intended)
+                # Woken or not: a wake-up that came long after it was due was held off (a
+                # timed-out wait that was not scheduled before the wake can return as woken).
+                timeout = self._tick(intended)
             except Exception:
                 timeout = self._monitor.stall_threshold
                 # Counted every time, logged the first time only: a failure that repeats on
