@@ -88,6 +88,7 @@ class LoopMonitor:
         self._logged_errors: set[str] = set()
         self._errors: dict[str, Any] = {}
         self._started = False
+        self._loop_thread = 0
         self._timeline: Timeline | None = None
         self._probe: PollProbe | PreparePollProbe | HeartbeatProbe | None = None
         self._watchdog: Watchdog | None = None
@@ -150,7 +151,8 @@ class LoopMonitor:
             on_stall=self._stall_ended,
         )
         self._probe = self._install_probe(loop, selector, self._timeline)
-        self._watchdog = Watchdog(self, threading.get_ident(), threading.get_native_id())
+        self._loop_thread = threading.get_ident()
+        self._watchdog = Watchdog(self, self._loop_thread, threading.get_native_id())
         GC_WATCH.acquire()
         self._started = True
         self.last_beat = perf_counter()
@@ -185,13 +187,27 @@ class LoopMonitor:
         with _monitors_lock:
             if _monitors.get(id(self._loop)) is self:
                 del _monitors[id(self._loop)]
+        loop = self._loop
+        if (
+            loop is not None
+            and threading.get_ident() != self._loop_thread
+            and loop.is_running()
+            and not loop.is_closed()
+        ):
+            # The probe's hooks belong to the loop thread (libuv is not thread-safe): undo
+            # them there, on the loop's next turn.
+            loop.call_soon_threadsafe(self._detach)
+        else:
+            self._detach()
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        GC_WATCH.release()
+
+    def _detach(self) -> None:
         if self._beat is not None:
             self._beat.cancel()
         if self._probe is not None:
             self._probe.uninstall()
-        if self._watchdog is not None:
-            self._watchdog.stop()
-        GC_WATCH.release()
 
     async def __aenter__(self) -> LoopMonitor:
         self.start()

@@ -62,10 +62,33 @@ class StackSampler:
         return known
 
     def top_user_frame(self, frames: tuple[Frame, ...]) -> Frame | None:
+        """The innermost user frame *inside the callback the loop was running*.
+
+        Frames at or below the loop's own dispatch (``Handle._run``, ``run_until_complete``
+        and the runners that call it) belong to whoever started the loop: a stack that ends
+        there was in the loop's machinery, and naming the program's ``main`` would mislead.
+        """
         for frame in reversed(frames):
+            if _is_dispatch(frame):
+                return None
             if self.is_user(frame.filename):
                 return frame
         return None
+
+
+_DISPATCH = {
+    ("events.py", "_run"),
+    ("base_events.py", "_run_once"),
+    ("base_events.py", "run_forever"),
+    ("base_events.py", "run_until_complete"),
+    ("runners.py", "run"),
+}
+
+
+def _is_dispatch(frame: Frame) -> bool:
+    return (os.path.basename(frame.filename), frame.function) in _DISPATCH and (
+        f"{os.sep}asyncio{os.sep}" in frame.filename
+    )
 
 
 def aggregate(stacks: Iterable[RawStack], limit: int = 5) -> tuple[StackSample, ...]:
