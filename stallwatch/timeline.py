@@ -67,6 +67,10 @@ class Timeline:
         """Start of the stretch in progress, None while polling: the watchdog's one read."""
         self.stretch_id = 0
         self.ran: list[RequestSpan] = []
+        """Spans that ran in the stretch in progress (a span again if it ran after a fold)."""
+        self.holders: dict[str, float] = {}
+        self.held = 0.0
+        self._cursor = 0
         self.in_flight: set[RequestSpan] = set()
         self.seq = 0
         self.prev_seq = 0
@@ -84,7 +88,7 @@ class Timeline:
         if busy >= self.floor:
             self._log(end, busy)
         elif self.ran:
-            self.ran.clear()
+            self._reset_holders()
         self.stretch_id += 1
 
     def open(self, start: float) -> None:
@@ -98,16 +102,43 @@ class Timeline:
             self.stretch_start = lazy()
         return self.stretch_start
 
-    def _log(self, end: float, busy: float) -> None:
-        holders: dict[str, float] = {}
-        held = 0.0
-        for span in self.ran:
-            seconds = span.stretch_time
-            route = span.route_label()
-            holders[route] = holders.get(route, 0.0) + seconds
-            span.own_long += seconds
-            held += seconds
+    def _fold(self) -> None:
+        """Add the steps run since the last fold to the stretch's holders.
+
+        Each span in ``ran`` carries how much of its time in this stretch is folded already
+        (``counted``); a span that runs again after a fold is appended again. So every finishing
+        request folds only what is new: the cost stays linear in the steps of a stretch,
+        however many requests end inside it.
+        """
+        ran = self.ran
+        holders = self.holders
+        for i in range(self._cursor, len(ran)):
+            span = ran[i]
+            delta = span.stretch_time - span.counted
+            if delta > 0.0:
+                span.counted = span.stretch_time
+                route = span.route_label()
+                holders[route] = holders.get(route, 0.0) + delta
+                self.held += delta
+        self._cursor = len(ran)
+
+    def _reset_holders(self) -> None:
         self.ran.clear()
+        self._cursor = 0
+        if self.holders:
+            self.holders = {}
+        self.held = 0.0
+
+    def _log(self, end: float, busy: float) -> None:
+        self._fold()
+        holders = self.holders
+        self.holders = {}  # this stretch keeps the folded dict; the next one starts afresh
+        held = self.held
+        for span in self.ran:
+            if span.counted >= 0.0:  # once per span, though it may stand in ``ran`` twice
+                span.own_long += span.stretch_time
+                span.counted = -1.0
+        self._reset_holders()
         if busy > held:
             holders[BACKGROUND] = holders.get(BACKGROUND, 0.0) + busy - held
         totals = self.totals
@@ -153,14 +184,11 @@ class Timeline:
                     frozen[culprit] = delta
         own = span.own_long
         if partial >= self.floor:
-            held = 0.0
-            for other in self.ran:
-                seconds = other.stretch_time
-                route = other.route_label()
+            self._fold()
+            for route, seconds in self.holders.items():
                 frozen[route] = frozen.get(route, 0.0) + seconds
-                held += seconds
-            if partial > held:
-                frozen[BACKGROUND] = frozen.get(BACKGROUND, 0.0) + partial - held
+            if partial > self.held:
+                frozen[BACKGROUND] = frozen.get(BACKGROUND, 0.0) + partial - self.held
             if span.stretch_id == self.stretch_id:
                 own += span.stretch_time
         if own:

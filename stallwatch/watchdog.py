@@ -62,6 +62,7 @@ class Watchdog:
         self._stopped: deque[float] = deque(maxlen=256)  # times the loop was seen stopped
         self._mark = self._take_mark()
         self._gauge_set = False
+        self._sampled = 0
         self.max_late = max(0.010, 2 * sys.getswitchinterval())
         """A wake-up later than this was held off: the loop thread kept the GIL."""
         self.thread = threading.Thread(
@@ -103,6 +104,7 @@ class Watchdog:
                 # every tick must not flood the log.
                 self._monitor.internal_error("watchdog", once=True)
         self._finish_ended()
+        self._stats.close()
 
     # -- one wake-up -----------------------------------------------------------------------------
 
@@ -131,9 +133,11 @@ class Watchdog:
             monitor.metrics.stall_in_progress.set(0)
             self._gauge_set = False
         self._mark = self._take_mark()
+        # Sleep until the earliest moment a stall could be under way: a stall that begins
+        # just after this look is still caught within about one threshold of its start.
         if since is None:
-            return threshold / 2
-        return max(monitor.sample_interval, min(threshold / 2, since + threshold - now))
+            return threshold
+        return max(monitor.sample_interval, min(threshold, since + threshold - now))
 
     def _sample(self, now: float) -> None:
         stack = self._sampler.sample()
@@ -144,7 +148,11 @@ class Watchdog:
                 task = current.get_name()
         except RuntimeError:
             pass
-        self._samples.append(_Sample(now, stack, task, self._stats.waiting_on_lock()))
+        # Reading /proc lets the GIL go and costs a hand-off back: every fourth sample is
+        # enough to tell a thread waiting on the GIL from one blocked in a call.
+        self._sampled += 1
+        on_lock = self._stats.waiting_on_lock() if self._sampled % 4 == 1 else None
+        self._samples.append(_Sample(now, stack, task, on_lock))
 
     def _take_mark(self) -> _Mark:
         return _Mark(

@@ -1,0 +1,82 @@
+"""What every benchmark prints with its figures: the machine, the versions, the load on it.
+
+Figures without the machine and the load they were measured under cannot be compared, so
+each script prints these before and after it measures.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+
+PACKAGES = (
+    "stallwatch",
+    "uvicorn",
+    "uvloop",
+    "httptools",
+    "h11",
+    "starlette",
+    "prometheus-client",
+    "prometheus-fastapi-instrumentator",
+    "starlette-exporter",
+)
+
+
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def versions(names: Sequence[str] = PACKAGES) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def machine() -> dict[str, object]:
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu_model(),
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "versions": versions(),
+    }
+
+
+def print_machine(label: str) -> None:
+    info = machine()
+    print(f"# {label}")
+    print(f"machine: nproc={info['nproc']} cpu={info['cpu']!r} kernel={info['kernel']}")
+    print(f"python: {info['python']} ({info['implementation']})")
+    pkgs = info["versions"]
+    assert isinstance(pkgs, dict)
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in pkgs.items()))
+    print(f"loadavg before: {loadavg()}")
+    sys.stdout.flush()
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
