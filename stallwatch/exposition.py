@@ -12,7 +12,8 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, make_asgi_app, start_http_server
 
-from ._types import ASGIApp
+from ._types import ASGIApp, Receive, Scope, Send
+from .monitor import get_monitor
 from .multiprocess import MultiProcessCollector  # reads under the dead-worker cleanup's lock
 
 
@@ -37,7 +38,14 @@ def exposition_registry(registry: CollectorRegistry | None = None) -> CollectorR
 
 def metrics_app(registry: CollectorRegistry | None = None) -> ASGIApp:
     """An ASGI app serving the metrics, e.g. ``app.mount("/metrics", metrics_app())``."""
-    app: ASGIApp = make_asgi_app(registry=exposition_registry(registry))
+    inner: ASGIApp = make_asgi_app(registry=exposition_registry(registry))
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        monitor = get_monitor()
+        if monitor is not None:
+            monitor.flush()  # what the middleware counted but has not handed over yet
+        await inner(scope, receive, send)
+
     return app
 
 

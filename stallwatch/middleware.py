@@ -22,6 +22,7 @@ from .monitor import LoopMonitor, get_monitor
 from .multiprocess import start_cleanup
 from .routes import UNMATCHED, RouteResolver, StarletteRoutes, method_label
 from .spans import RequestSpan
+from .tally import RequestTally
 from .timeline import Timeline
 
 logger = logging.getLogger("stallwatch")
@@ -75,7 +76,8 @@ class StallwatchMiddleware:
         self._timeline: Timeline | None = None
         self.monitor: LoopMonitor | None = None
         self._owns_monitor = False
-        self._requests: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        self._requests: dict[tuple[str, str, int], RequestTally] = {}
+        self._pending = False
         self._frozen: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -87,6 +89,8 @@ class StallwatchMiddleware:
                 await self.app(scope, receive, send)
             return
         if self._metrics_app is not None and scope["path"] == self._metrics_path:
+            if self.monitor is not None:
+                self.monitor.flush()
             await self._metrics_app(scope, receive, send)
             return
         try:
@@ -122,12 +126,11 @@ class StallwatchMiddleware:
             scope = span.scope
             method = "WEBSOCKET" if scope["type"] == "websocket" else method_label(scope["method"])
             key = (method, route, span.status or 500)
-            children = self._requests.get(key)
-            if children is None:
-                children = self._children(key)
-            children[0].observe(end - span.start)
-            children[1].observe(span.longest)
-            children[2].inc(span.busy)
+            tally = self._requests.get(key)
+            if tally is None:
+                tally = self._tally(key)
+            tally.add(end - span.start, span.longest, span.busy)
+            self._pending = True
             frozen = timeline.frozen(span, end)
             if frozen:
                 floor = timeline.floor
@@ -144,16 +147,26 @@ class StallwatchMiddleware:
         except Exception:
             self._internal_error("middleware")
 
-    def _children(self, key: tuple[str, str, int]) -> tuple[Any, Any, Any]:
+    def _tally(self, key: tuple[str, str, int]) -> RequestTally:
         method, route, status = key
         metrics = self.metrics
-        children = (
+        tally = self._requests[key] = RequestTally(
             metrics.request_duration.labels(method, route, str(status)),
             metrics.loop_hold.labels(route),
             metrics.loop_busy.labels(route),
         )
-        self._requests[key] = children
-        return children
+        return tally
+
+    def flush(self) -> None:
+        """Hand the requests counted since the last flush to prometheus-client (loop thread)."""
+        if not self._pending:
+            return
+        self._pending = False
+        try:
+            for tally in self._requests.values():
+                tally.flush()
+        except Exception:
+            self._internal_error("middleware")
 
     # -- the monitor's life cycle ------------------------------------------------------------
 
@@ -180,6 +193,7 @@ class StallwatchMiddleware:
             monitor.start()
             self._owns_monitor = True
         self.monitor = monitor
+        monitor.add_flusher(self.flush)
         self._loop = loop
         self._timeline = monitor.timeline
         self._start_metrics_server()
@@ -202,6 +216,9 @@ class StallwatchMiddleware:
         return observed
 
     def _shutdown(self) -> None:
+        if self.monitor is not None:
+            self.flush()
+            self.monitor.remove_flusher(self.flush)
         if self.monitor is not None and self._owns_monitor:
             self.monitor.stop()
         self.monitor = None

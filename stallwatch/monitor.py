@@ -13,6 +13,7 @@ import atexit
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from time import perf_counter
 from types import TracebackType
 from typing import Any
@@ -95,6 +96,8 @@ class LoopMonitor:
         self._beat: asyncio.TimerHandle | None = None
         self._due = 0.0
         self.last_beat = 0.0
+        self._flushers: list[Callable[[], None]] = []
+        self._beats_to_flush = 0
         self.stops_seen = 0
         """Bumped by the watchdog while the loop is stopped (between two ``run_*`` calls)."""
         self._beat_stops = 0
@@ -122,6 +125,20 @@ class LoopMonitor:
         """How stretches are timed: ``poll`` (asyncio) and ``uv-prepare`` (uvloop) are exact;
         ``heartbeat+uv-idle`` and ``heartbeat`` are the fallbacks."""
         return self._probe.name if self._probe is not None else "none"
+
+    def add_flusher(self, flush: Callable[[], None]) -> None:
+        """Run ``flush`` on the loop thread about ten times a second and before each scrape."""
+        if flush not in self._flushers:
+            self._flushers.append(flush)
+
+    def remove_flusher(self, flush: Callable[[], None]) -> None:
+        if flush in self._flushers:
+            self._flushers.remove(flush)
+
+    def flush(self) -> None:
+        """Hand what the middleware counted to prometheus-client now (loop thread)."""
+        for flush in self._flushers:
+            flush()
 
     def recent_stalls(self) -> list[StallEvent]:
         """The last stall events, oldest first."""
@@ -204,6 +221,10 @@ class LoopMonitor:
         GC_WATCH.release()
 
     def _detach(self) -> None:
+        try:
+            self.flush()  # counts not yet handed to prometheus-client would be lost otherwise
+        except Exception:
+            self.internal_error("middleware")
         if self._beat is not None:
             self._beat.cancel()
         if self._probe is not None:
@@ -263,6 +284,10 @@ class LoopMonitor:
                     missed -= interval
             if isinstance(self._probe, HeartbeatProbe):
                 self._probe.beat(now, lateness)
+            self._beats_to_flush -= 1
+            if self._beats_to_flush <= 0:
+                self._beats_to_flush = max(1, round(0.1 / interval))
+                self.flush()
         except Exception:
             self.internal_error("heartbeat", once=True)
         finally:

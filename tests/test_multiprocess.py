@@ -346,6 +346,11 @@ def two_workers(mpdir: Path) -> AbstractContextManager[str]:
 
 
 def assert_every_scrape_counts(base: str, expected_count: int, scrapes: int = 8) -> None:
+    # Each worker hands what it counted to prometheus-client at least every 0.1 s (and before a
+    # scrape it serves itself): once the total is reached, every scrape must agree on it.
+    deadline = time.monotonic() + 5
+    while counted(base) != expected_count and time.monotonic() < deadline:
+        time.sleep(0.05)
     seen = [counted(base) for _ in range(scrapes)]
     assert seen == [float(expected_count)] * scrapes
 
