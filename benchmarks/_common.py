@@ -6,12 +6,16 @@ each script prints these before and after it measures.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from importlib import metadata
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 PACKAGES = (
     "stallwatch",
@@ -80,3 +84,23 @@ def print_machine(label: str) -> None:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """A fresh loop of ``kind`` ("asyncio" or "uvloop")."""
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def run_on(kind: str, coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion on a fresh loop of ``kind``, then close that loop."""
+    loop = new_loop(kind)
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(coro)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()

@@ -46,7 +46,7 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import uvicorn
@@ -54,7 +54,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from benchmarks._common import loadavg, median, print_machine
+from benchmarks._common import loadavg, median, print_machine, run_on
 from benchmarks.apps import NoopMiddleware, _routes
 from stallwatch import LoopMonitor, StallwatchMiddleware, get_monitor
 from stallwatch.probes import PollProbe
@@ -223,24 +223,6 @@ async def _trial(
         sock.close()
 
 
-def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
-    if kind == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
-def _run(kind: str, coro: Coroutine[Any, Any, tuple[float, float]]) -> tuple[float, float]:
-    loop = _new_loop(kind)
-    try:
-        asyncio.set_event_loop(loop)
-        return loop.run_until_complete(coro)
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
-
-
 Series = dict[str, dict[str, dict[str, list[float]]]]
 """flavour -> variant -> "cpu" or "wall" -> microseconds per request, one per round."""
 
@@ -255,7 +237,7 @@ def server_path(
             order = list(SERVER_VARIANTS)
             shift = round_no % len(order)
             for variant in order[shift:] + order[:shift]:
-                wall, cpu = _run(loop_kind, _trial(variant, http, requests, warmup, connections))
+                wall, cpu = run_on(loop_kind, _trial(variant, http, requests, warmup, connections))
                 results[flavour][variant]["wall"].append(wall)
                 results[flavour][variant]["cpu"].append(cpu)
         print(

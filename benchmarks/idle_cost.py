@@ -45,12 +45,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from time import perf_counter, process_time
 from typing import Any
 
-from benchmarks._common import loadavg, median, print_machine
+from benchmarks._common import loadavg, median, print_machine, run_on
 from stallwatch import LoopMonitor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,24 +61,6 @@ wakes every 10 ms. They show what merely waking up 100 times a second costs on t
 the floor under any heartbeat and any watchdog at the default interval."""
 IDLE_BUDGET = 0.01
 STACK_BUDGET = 0.05
-
-
-def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
-    if kind == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
-def _run(kind: str, coro: Coroutine[Any, Any, Any]) -> Any:
-    loop = _new_loop(kind)
-    try:
-        asyncio.set_event_loop(loop)
-        return loop.run_until_complete(coro)
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
 
 
 def _stall_summary(monitor: LoopMonitor) -> list[dict[str, Any]]:
@@ -263,11 +245,11 @@ async def _diagnose(seconds: float) -> dict[str, Any]:
 def child(kind: str, loop_kind: str, mode: str, seconds: float) -> None:
     logging.getLogger("stallwatch").setLevel(logging.ERROR)
     if kind == "diagnose":
-        result = _run(loop_kind, _diagnose(seconds))
+        result = run_on(loop_kind, _diagnose(seconds))
     elif kind == "idle":
-        result = _run(loop_kind, _idle(mode, seconds))
+        result = run_on(loop_kind, _idle(mode, seconds))
     else:
-        result = _run(loop_kind, _busy(seconds))
+        result = run_on(loop_kind, _busy(seconds))
     print(json.dumps(result))
 
 
@@ -436,7 +418,7 @@ def stacks(block_seconds: float, trials: int) -> bool:
             pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
             for trial in range(trials):
                 order = (False, True) if trial % 2 == 0 else (True, False)
-                got = {w: _run(k, _blocked(w, block)) for w in order}
+                got = {w: run_on(k, _blocked(w, block)) for w in order}
                 pairs.append((got[False], got[True]))
             bare = [b["took"] for b, _ in pairs]
             watched = [w for _, w in pairs]
