@@ -1,0 +1,3 @@
+"""pytest plugin entry point (inactive unless asked; placeholder until it lands)."""
+
+from __future__ import annotations
