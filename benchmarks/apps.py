@@ -1,35 +1,137 @@
-"""The applications the overhead benchmark serves: one JSON route, instrumented five ways.
+"""The applications the overhead benchmark serves: two routes, instrumented many ways.
 
-Each variant is a factory (``uvicorn --factory benchmarks.apps:<variant>``) so that a server
-process builds only its own instrumentation and registers only its own metrics. Every variant
-has the same routes in the same order, so routing costs the same: ``/`` (the measured route,
-matched first), ``/_probe`` (which loop and which stallwatch probe the server really runs;
-never measured) and, for the three exporters, ``/metrics``.
+One server process serves one *app*: a framework (Starlette or FastAPI), with or without a
+pass-through ``BaseHTTPMiddleware`` of the user's, and one *variant* of instrumentation. The
+driver picks them through the environment and uvicorn's factory hook::
+
+    BENCH_FRAMEWORK=fastapi BENCH_VARIANT=stallwatch BENCH_BHM=1 \
+        uvicorn --factory benchmarks.apps:from_env
+
+so that a server builds and registers only its own instrumentation. Every app has the same
+routes in the same order, so routing costs the same in all: ``/`` (a JSON answer, no work),
+``/work`` (about 200 us of Python work that allocates, as a handler building a response
+does), then the driver's own ``/_probe`` and ``/_gc``, never measured; the exporters add
+``/metrics`` after them (stallwatch serves it from its middleware).
+
+``BENCH_GCSTATS=1`` adds a ``gc.callbacks`` hook that counts collections per generation and
+times them, read from ``/_gc`` (and ``/_gc?objects=1`` counts the tracked objects by type).
+It is off in the timed runs: it is itself a callback on every collection.
+
+``NoopMiddleware`` and ``_routes`` are what ``benchmarks/components.py`` builds on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import gc
+import os
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from time import perf_counter
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stallwatch import LoopMonitor, StallwatchMiddleware, get_monitor
 
-VARIANTS = ("bare", "noop", "stallwatch", "instrumentator", "exporter")
-EXTRA_VARIANTS = ("monitor",)
-"""Not run by default: ``monitor`` is the bare app on a loop watched by ``LoopMonitor`` alone,
-to see the loop-level hooks' share of stallwatch's cost under wrk."""
+FRAMEWORKS = ("starlette", "fastapi")
+VARIANTS = (
+    "bare",
+    "noop",
+    "monitor",
+    "stallwatch",
+    "loopguard",
+    "instrumentator",
+    "exporter",
+)
+"""``monitor`` is the bare app on a loop watched by ``LoopMonitor`` alone (no middleware):
+the loop-level hooks' share of stallwatch's cost."""
+PROTOTYPES = ("sw-gcfreeze", "sw-nogcwatch", "sw-ring64", "sw-floor20")
+"""stallwatch with one change applied from outside the package, to measure a fix before it
+is made (``benchmarks/gc_tail.py``): ``gc.freeze()`` once the app is built; no ``gc.callbacks``
+hook; the timeline's snapshot ring at 64 instead of 4096; ``floor=0.02``."""
+
+WORK_ROWS = 850
+"""About 200 us of CPython 3.11 on the benchmark VM: 850 small dicts built and summed."""
+
+
+def work(rows: int = WORK_ROWS) -> int:
+    table = [{"id": i, "value": i * 3, "name": "row"} for i in range(rows)]
+    total = 0
+    for row in table:
+        if row["value"] % 2:
+            total += row["value"]
+        else:
+            total -= row["id"]
+    return total
+
+
+# -- the driver's view into the server ------------------------------------------------------
+
+
+class GCStats:
+    """Collections per generation and their durations, from inside the server process."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self.longest = [0.0, 0.0, 0.0]
+        self.collected = [0, 0, 0]
+        self._began = 0.0
+
+    def callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began = perf_counter()
+            return
+        took = perf_counter() - self._began
+        gen = info["generation"]
+        self.count[gen] += 1
+        self.seconds[gen] += took
+        self.collected[gen] += info["collected"]
+        if took > self.longest[gen]:
+            self.longest[gen] = took
+
+    def snapshot(self, objects: bool) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "count": list(self.count),
+            "seconds": list(self.seconds),
+            "longest": list(self.longest),
+            "collected": list(self.collected),
+            "pending": list(gc.get_count()),
+            "threshold": list(gc.get_threshold()),
+        }
+        if objects:
+            every = gc.get_objects()
+            data["tracked"] = len(every)
+            data["by_generation"] = [len(gc.get_objects(g)) for g in range(3)]
+            kinds = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in every)
+            data["types"] = dict(kinds.most_common(40))
+            data["stallwatch_types"] = {
+                k: v for k, v in kinds.items() if k.startswith("stallwatch.")
+            }
+            del every
+        return data
+
+
+GC_STATS: GCStats | None = None
+if os.environ.get("BENCH_GCSTATS") == "1":
+    GC_STATS = GCStats()
+    gc.callbacks.append(GC_STATS.callback)
 
 
 async def hello(request: Request) -> JSONResponse:
     return JSONResponse({"message": "hello"})
+
+
+async def worked(request: Request) -> JSONResponse:
+    return JSONResponse({"total": work()})
 
 
 async def probe(request: Request) -> JSONResponse:
@@ -39,12 +141,27 @@ async def probe(request: Request) -> JSONResponse:
         {
             "loop": type(asyncio.get_running_loop()).__module__,
             "probe": monitor.probe if monitor is not None else None,
+            "pid": os.getpid(),
         }
     )
 
 
+async def gc_view(request: Request) -> JSONResponse:
+    if GC_STATS is None:
+        return JSONResponse({"error": "start the server with BENCH_GCSTATS=1"}, status_code=404)
+    return JSONResponse(GC_STATS.snapshot(request.query_params.get("objects") == "1"))
+
+
 def _routes() -> list[Route]:
-    return [Route("/", hello), Route("/_probe", probe)]
+    return [
+        Route("/", hello),
+        Route("/work", worked),
+        Route("/_probe", probe),
+        Route("/_gc", gc_view),
+    ]
+
+
+# -- middleware of the user's, and the cheapest there is -------------------------------------
 
 
 class NoopMiddleware:
@@ -57,41 +174,145 @@ class NoopMiddleware:
         await self.app(scope, receive, send)
 
 
-def bare() -> Starlette:
-    return Starlette(routes=_routes())
+class PassThrough(BaseHTTPMiddleware):
+    """What many apps have: a ``BaseHTTPMiddleware`` that only calls on. It runs the rest of
+    the app in a task of its own and streams the body through a memory channel."""
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        return await call_next(request)
 
 
-def monitor() -> Starlette:
+# -- building one app ----------------------------------------------------------------------
+
+
+def _monitored_lifespan(app: Any) -> contextlib.AbstractAsyncContextManager[None]:
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Any) -> AsyncIterator[None]:
         async with LoopMonitor():
             yield
 
-    return Starlette(routes=_routes(), lifespan=lifespan)
+    return lifespan(app)
 
 
-def noop() -> Starlette:
-    return Starlette(routes=_routes(), middleware=[Middleware(NoopMiddleware)])
+def _base(framework: str, bhm: bool, lifespan: Any = None) -> Any:
+    user_middleware = [Middleware(PassThrough)] if bhm else []
+    if framework == "fastapi":
+        from fastapi import FastAPI
+
+        fast = FastAPI(lifespan=lifespan, middleware=user_middleware, openapi_url=None)
+
+        # FastAPI's own way: a dict return value, serialised by FastAPI.
+        @fast.get("/")
+        async def fast_hello() -> dict[str, str]:
+            return {"message": "hello"}
+
+        @fast.get("/work")
+        async def fast_work() -> dict[str, int]:
+            return {"total": work()}
+
+        fast.add_route("/_probe", probe)
+        fast.add_route("/_gc", gc_view)
+        return fast
+    if framework != "starlette":
+        raise ValueError(f"unknown framework {framework!r}; choose from {FRAMEWORKS}")
+    return Starlette(routes=_routes(), middleware=user_middleware, lifespan=lifespan)
 
 
-def stallwatch() -> Starlette:
+def _metrics_route(app: Any) -> None:
+    from prometheus_client import make_asgi_app
+
+    app.mount("/metrics", make_asgi_app())
+
+
+def _stallwatch(app: Any, **options: Any) -> Any:
     # Everything on: monitor, step timing, frozen time, all metrics, and /metrics served.
-    return Starlette(
-        routes=_routes(), middleware=[Middleware(StallwatchMiddleware, metrics_path="/metrics")]
+    app.add_middleware(StallwatchMiddleware, metrics_path="/metrics", **options)
+    return app
+
+
+def _prototype(variant: str, framework: str, bhm: bool) -> Any:
+    if variant == "sw-floor20":
+        return _stallwatch(_base(framework, bhm), floor=0.02)
+    if variant == "sw-nogcwatch":
+        from stallwatch import gcwatch
+
+        # acquire() appends the hook; make it a no-op so no collection calls into stallwatch.
+        gcwatch.GC_WATCH.acquire = lambda: None  # type: ignore[method-assign]
+        gcwatch.GC_WATCH.release = lambda: None  # type: ignore[method-assign]
+    if variant == "sw-ring64":
+        from stallwatch import timeline
+
+        original = timeline.Timeline.__init__
+
+        def small_ring(self: Any, **kwargs: Any) -> None:
+            kwargs["history"] = 64
+            original(self, **kwargs)
+
+        timeline.Timeline.__init__ = small_ring  # type: ignore[method-assign]
+    app = _stallwatch(_base(framework, bhm))
+    if variant == "sw-gcfreeze":
+        gc.collect()
+        gc.freeze()  # the app's import-time objects leave the collector's view
+    return app
+
+
+def build(framework: str, variant: str, *, bhm: bool = False) -> Any:
+    """The ASGI app of one server: ``framework`` with ``variant``'s instrumentation."""
+    if variant in PROTOTYPES:
+        return _prototype(variant, framework, bhm)
+    if variant == "monitor":
+        return _base(framework, bhm, _monitored_lifespan)
+    app = _base(framework, bhm)
+    if variant == "bare":
+        return app
+    if variant == "noop":
+        app.add_middleware(NoopMiddleware)
+    elif variant == "stallwatch":
+        _stallwatch(app)
+    elif variant == "loopguard":
+        from fastapi_loopguard import LoopGuardConfig, LoopGuardMiddleware
+
+        # Its documented production set-up (silent logging), with its Prometheus metrics on,
+        # served on /metrics like the others'.
+        config = LoopGuardConfig(enforcement_mode="log", prometheus_enabled=True)
+        app.add_middleware(LoopGuardMiddleware, config=config)
+        _metrics_route(app)
+    elif variant == "instrumentator":
+        from prometheus_fastapi_instrumentator import Instrumentator
+
+        Instrumentator().instrument(app).expose(app)  # its defaults, as its README shows
+    elif variant == "exporter":
+        from starlette_exporter import PrometheusMiddleware, handle_metrics
+
+        app.add_middleware(PrometheusMiddleware)
+        app.add_route("/metrics", handle_metrics)
+    else:
+        raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS + PROTOTYPES}")
+    return app
+
+
+def from_env() -> Any:
+    """uvicorn's factory: ``BENCH_FRAMEWORK``, ``BENCH_VARIANT``, ``BENCH_BHM`` (0 or 1)."""
+    return build(
+        os.environ.get("BENCH_FRAMEWORK", "starlette"),
+        os.environ.get("BENCH_VARIANT", "bare"),
+        bhm=os.environ.get("BENCH_BHM") == "1",
     )
 
 
-def instrumentator() -> Starlette:
-    from prometheus_fastapi_instrumentator import Instrumentator
+# The factories of earlier versions (``--factory benchmarks.apps:stallwatch``): Starlette.
+def _factory(variant: str) -> Callable[[], Any]:
+    def factory() -> Any:
+        return build("starlette", variant)
 
-    app = Starlette(routes=_routes())
-    Instrumentator().instrument(app).expose(app)  # its defaults, as its README shows
-    return app
+    factory.__name__ = variant
+    return factory
 
 
-def exporter() -> Starlette:
-    from starlette_exporter import PrometheusMiddleware, handle_metrics
-
-    app = Starlette(routes=_routes(), middleware=[Middleware(PrometheusMiddleware)])
-    app.add_route("/metrics", handle_metrics)
-    return app
+bare = _factory("bare")
+noop = _factory("noop")
+monitor = _factory("monitor")
+stallwatch = _factory("stallwatch")
+instrumentator = _factory("instrumentator")
+exporter = _factory("exporter")
+loopguard = _factory("loopguard")
