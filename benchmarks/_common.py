@@ -10,6 +10,7 @@ import asyncio
 import os
 import platform
 import statistics
+import subprocess
 import sys
 from collections.abc import Coroutine, Sequence
 from importlib import metadata
@@ -59,8 +60,27 @@ def versions(names: Sequence[str] = PACKAGES) -> dict[str, str]:
     return found
 
 
+def commit() -> str:
+    """The checkout's commit, with ``+dirty`` when tracked files differ from it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
 def machine() -> dict[str, object]:
     return {
+        "commit": commit(),
         "nproc": os.cpu_count(),
         "cpu": cpu_model(),
         "kernel": platform.release(),
@@ -74,7 +94,7 @@ def print_machine(label: str) -> None:
     info = machine()
     print(f"# {label}")
     print(f"machine: nproc={info['nproc']} cpu={info['cpu']!r} kernel={info['kernel']}")
-    print(f"python: {info['python']} ({info['implementation']})")
+    print(f"python: {info['python']} ({info['implementation']}); commit {info['commit']}")
     pkgs = info["versions"]
     assert isinstance(pkgs, dict)
     print("versions: " + ", ".join(f"{k} {v}" for k, v in pkgs.items()))
