@@ -1,79 +1,246 @@
-"""Stacks of the loop thread, taken from the watchdog thread while the loop is held."""
+"""Stacks of the loop thread, and which of their frames are the application's.
+
+Two threads use a sampler:
+
+- the watchdog thread calls ``sample()`` every ``sample_interval`` while the loop is held. It
+  holds the GIL while it walks, so every microsecond it spends is a microsecond more of the
+  stall: the walk copies three fields per frame and nothing else, up to ``MAX_FRAMES``;
+- the loop thread calls ``started_by()`` from the task factory on every task creation, so it
+  looks at a handful of frames and decides each file once.
+
+Which files are the application's is decided once per filename and kept in a dict that both
+threads read and fill. Each key always gets the same value whichever thread writes it, so no
+lock is needed. No frame object outlives the call that read it: a kept frame would keep the
+loop thread's locals (request bodies, connections) alive.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import sysconfig
-from collections import Counter
-from collections.abc import Iterable
-from types import FrameType
+from collections import Counter, deque
+from collections.abc import Iterable, Sequence
+from types import CodeType, FrameType
 
 from .events import Frame, StackSample
 
 RawFrame = tuple[str, int, str]
 RawStack = tuple[RawFrame, ...]
+"""(filename, lineno, function) per frame, outermost first, as in a traceback."""
 
-MAX_DEPTH = 48
-"""Deeper frames rarely name the culprit and cost a walk on every sample."""
+MAX_FRAMES = 1024
+"""Most frames a sample holds, the cut marker included. A deeper stack keeps its innermost
+frames (where the loop is held) and its ``OUTER_FRAMES`` outermost ones (where the loop
+dispatched the callback, so that the top frame stays inside the callback)."""
 
+OUTER_FRAMES = 32
+"""Outermost frames kept past the cut: a thread's bootstrap, the loop's runner and dispatch
+and the first frames of the callback fit in it with room to spare."""
 
-def _library_roots() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
-    roots.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
-    roots.add(os.path.dirname(os.path.abspath(__file__)))
-    return tuple(sorted({os.path.join(os.path.realpath(r), "") for r in roots}))
+MAX_WALK = 16384
+"""Frames walked past the innermost ones before giving up on the outermost: a stack deeper
+than this (a raised recursion limit) keeps only its innermost frames and the cut marker."""
 
+OMITTED = "<frames omitted>"
+"""Filename of the cut marker; its ``lineno`` is how many frames were left out."""
+
+STARTED_BY_DEPTH = 12
+"""Frames ``started_by`` looks at. From the task factory to the line that asked for a task,
+asyncio's ``create_task``, ``gather`` and ``TaskGroup`` take 3 or 4 frames, anyio's
+``start_soon`` 5, Starlette's ``call_next`` 7: anything deeper did not start from app code."""
+
+STARTED_BY_CACHE = 4096
+"""Call sites ``started_by`` remembers; past that it starts over (code generated at run time
+could otherwise grow it without end)."""
 
 _SELF_TEST = os.path.join(os.path.dirname(os.path.realpath(__file__)), "__main__.py")
 """``python -m stallwatch`` blocks the loop from inside the package, on purpose."""
 
 
-class StackSampler:
-    """Reads one thread's Python stack and names its innermost frame of user code."""
+def library_roots() -> tuple[str, ...]:
+    """Folders whose files are not the application's: the standard library, every
+    ``site-packages`` or ``dist-packages`` folder on ``sys.path``, and stallwatch itself."""
+    paths = sysconfig.get_paths()
+    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    roots.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
+    roots.add(os.path.dirname(os.path.abspath(__file__)))
+    return tuple(sorted({_folder(r) for r in roots}))
 
-    def __init__(self, thread_id: int) -> None:
+
+def resolve_in_app(entries: object) -> tuple[str, ...]:
+    """Validates the ``in_app_include`` option and resolves it to real paths.
+
+    An entry is an importable package or module (``"datasette"``, ``"myco.api"``), found
+    without importing it where Python allows (a dotted name imports its parents), or an
+    existing folder or file. Folders come back with a trailing separator, files without;
+    resolving a resolved tuple gives it back unchanged.
+    """
+    if isinstance(entries, (str, bytes)) or not isinstance(entries, Sequence):
+        raise TypeError(
+            f"in_app_include must be a tuple of package names or folders, got {entries!r}"
+        )
+    resolved: dict[str, None] = {}
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise TypeError(f"in_app_include entries must be str, got {entry!r}")
+        for path in _resolve_entry(entry):
+            resolved[path] = None
+    return tuple(resolved)
+
+
+def _resolve_entry(entry: str) -> list[str]:
+    problem = "is neither an importable package nor an existing folder"
+    if entry and os.sep not in entry and all(part.isidentifier() for part in entry.split(".")):
+        try:
+            spec = importlib.util.find_spec(entry)
+        except Exception as exc:  # a parent package failed to import, or has no spec
+            spec = None
+            problem = f"could not be looked up ({exc!r}) and is not an existing folder"
+        if spec is not None:
+            if spec.submodule_search_locations:
+                return [_folder(p) for p in spec.submodule_search_locations]
+            if spec.origin and os.path.isfile(spec.origin):
+                return [os.path.realpath(spec.origin)]
+            problem = "is a module without files (built-in or frozen)"
+    path = os.path.realpath(os.path.expanduser(entry)) if entry else ""
+    if path and os.path.isdir(path):
+        return [_folder(path)]
+    if path and os.path.isfile(path):
+        return [path]
+    raise ValueError(f"in_app_include: {entry!r} {problem}")
+
+
+def _folder(path: str) -> str:
+    return os.path.join(os.path.realpath(path), "")
+
+
+class StackSampler:
+    """Reads one thread's Python stack and tells the application's frames from the rest.
+
+    A file is the application's unless it lies under a library root (see ``library_roots``);
+    ``in_app_include`` (see ``resolve_in_app``) names packages or folders that are the
+    application's even there. When both a root and an entry contain a file, the deeper of the
+    two decides: ``in_app_include=("/srv/app",)`` keeps ``/srv/app/.venv/.../site-packages``
+    a library, and ``("datasette",)`` makes Datasette's folder in site-packages the app.
+    """
+
+    def __init__(self, thread_id: int, *, in_app_include: tuple[str, ...] = ()) -> None:
         self.thread_id = thread_id
-        self._roots = _library_roots()
-        self._user: dict[str, bool] = {}
+        self.in_app_include = resolve_in_app(in_app_include)
+        self._roots = library_roots()
+        self._app_folders = tuple(p for p in self.in_app_include if p.endswith(os.sep))
+        self._app_files = frozenset(p for p in self.in_app_include if not p.endswith(os.sep))
+        self._app: dict[str, bool] = {}
+        self._started: dict[tuple[int, int], tuple[CodeType, Frame]] = {}
 
     def sample(self) -> RawStack | None:
-        frame: FrameType | None = sys._current_frames().get(self.thread_id)
-        if frame is None:
-            return None
-        frames: list[RawFrame] = []
-        while frame is not None and len(frames) < MAX_DEPTH:
-            code = frame.f_code
-            frames.append((code.co_filename, frame.f_lineno or 0, code.co_name))
-            frame = frame.f_back
-        frames.reverse()
-        return tuple(frames)
+        """The thread's stack, outermost first, or None when the thread is gone.
 
-    def is_user(self, filename: str) -> bool:
-        known = self._user.get(filename)
-        if known is None:
-            if filename.startswith("<"):
-                known = False
+        At most ``MAX_FRAMES`` entries: past that, the innermost frames, a cut marker (see
+        ``omitted``) and the ``OUTER_FRAMES`` outermost frames.
+        """
+        frame: FrameType | None = sys._current_frames().get(self.thread_id)
+        inner: list[RawFrame] = []
+        append = inner.append
+        for _ in range(MAX_FRAMES - OUTER_FRAMES - 1):
+            if frame is None:
+                break
+            code = frame.f_code
+            append((code.co_filename, frame.f_lineno or 0, code.co_name))
+            frame = frame.f_back
+        else:
+            # Deeper than the bound: walk on without copying, keeping the last frames seen.
+            rest: deque[FrameType] = deque(maxlen=OUTER_FRAMES + 1)
+            walked = 0
+            while frame is not None and walked < MAX_WALK:
+                rest.append(frame)
+                frame = frame.f_back
+                walked += 1
+            if frame is None and walked <= OUTER_FRAMES + 1:
+                outer = list(rest)  # it fits after all: nothing to cut
             else:
-                real = os.path.realpath(filename)
-                known = real == _SELF_TEST or not real.startswith(self._roots)
-            self._user[filename] = known
+                # Frames not reached (past MAX_WALK) are unknown: keep none rather than
+                # frames from the middle that would pass for the outermost.
+                outer = list(rest)[1:] if frame is None else []
+                append((OMITTED, walked - len(outer), "<omitted>"))
+            for kept in outer:
+                code = kept.f_code
+                append((code.co_filename, kept.f_lineno or 0, code.co_name))
+            del rest, outer
+        if not inner:
+            return None
+        inner.reverse()
+        return tuple(inner)
+
+    def is_app(self, filename: str) -> bool:
+        """Whether a frame from this file is the application's code (decided once per file)."""
+        known = self._app.get(filename)
+        if known is None:
+            known = self._app[filename] = self._decide(filename)
         return known
 
-    def top_user_frame(self, frames: tuple[Frame, ...]) -> Frame | None:
-        """The innermost user frame *inside the callback the loop was running*.
+    def _decide(self, filename: str) -> bool:
+        if filename.startswith("<"):  # <frozen ...>, <string>, the cut marker
+            return False
+        real = os.path.realpath(filename)
+        if real in self._app_files or real == _SELF_TEST:
+            return True
+        app = max((len(p) for p in self._app_folders if real.startswith(p)), default=-1)
+        library = max((len(p) for p in self._roots if real.startswith(p)), default=-1)
+        return app >= library
 
-        Frames at or below the loop's own dispatch (``Handle._run``, ``run_until_complete``
-        and the runners that call it) belong to whoever started the loop: a stack that ends
-        there was in the loop's machinery, and naming the program's ``main`` would mislead.
-        """
-        for frame in reversed(frames):
-            if _is_dispatch(frame):
-                return None
-            if self.is_user(frame.filename):
+    def top_frame(self, frames: Sequence[Frame]) -> Frame | None:
+        """The innermost frame of the application's code inside the callback the loop was
+        running (see ``callback_frames``), or None when the callback has none."""
+        for frame in reversed(callback_frames(frames)):
+            if self.is_app(frame.filename):
                 return frame
         return None
+
+    top_user_frame = top_frame
+    """The former name, kept until the watchdog calls ``top_frame``."""
+
+    def started_by(self, skip: int = 0) -> Frame | None:
+        """The innermost app frame of the calling thread's stack: from a task factory, the
+        line that asked for the task (``create_task``, ``gather``, ``TaskGroup.create_task``,
+        anyio's ``start_soon``), library frames in between skipped.
+
+        ``skip`` frames above the caller are passed over unexamined (the caller's own
+        helpers). Looks at ``STARTED_BY_DEPTH`` frames at most; None when none of them is the
+        app's. Never raises, and keeps no frame.
+        """
+        try:
+            frame: FrameType | None = sys._getframe(skip + 1)
+            decided = self._app
+            for _ in range(STARTED_BY_DEPTH):
+                if frame is None:
+                    return None
+                code = frame.f_code
+                app = decided.get(code.co_filename)
+                if app is None:
+                    app = self.is_app(code.co_filename)
+                if app:
+                    # A Frame costs a microsecond to build (frozen dataclass): one per call site
+                    # and instruction, keyed by the code's id, which holding the code keeps valid.
+                    key = (id(code), frame.f_lasti)
+                    known = self._started.get(key)
+                    if known is None:
+                        if len(self._started) >= STARTED_BY_CACHE:
+                            self._started.clear()
+                        made = Frame(code.co_filename, frame.f_lineno or 0, code.co_name)
+                        known = self._started[key] = (code, made)
+                    return known[1]
+                frame = frame.f_back
+            return None
+        except Exception:  # a stack shallower than skip, or anything else: no answer
+            return None
+
+
+def omitted(frame: Frame) -> int:
+    """How many frames a cut marker stands for; 0 for any other frame."""
+    return frame.lineno if frame.filename == OMITTED else 0
 
 
 _DISPATCH = {
@@ -89,6 +256,28 @@ def _is_dispatch(frame: Frame) -> bool:
     return (os.path.basename(frame.filename), frame.function) in _DISPATCH and (
         f"{os.sep}asyncio{os.sep}" in frame.filename
     )
+
+
+def callback_frames(frames: Sequence[Frame]) -> Sequence[Frame]:
+    """The frames above the loop's innermost dispatch frame (``Handle._run``,
+    ``run_until_complete`` and the runners that call it): those of the callback it ran.
+
+    Frames at or below the dispatch belong to whoever started the loop: a stack that ends
+    there was in the loop's own machinery, and naming the program's ``main`` would mislead.
+    A stack without dispatch frames (a thread that runs no loop) is all callback.
+    """
+    for index in range(len(frames) - 1, -1, -1):
+        if _is_dispatch(frames[index]):
+            return frames[index + 1 :]
+    return frames
+
+
+def innermost_frame(frames: Sequence[Frame]) -> Frame | None:
+    """The innermost frame of the callback the loop was running, whoever's code it is: what
+    to name when no frame of the callback is the application's. None when the stack ends in
+    the loop's own dispatch."""
+    inside = callback_frames(frames)
+    return inside[-1] if inside else None
 
 
 def aggregate(stacks: Iterable[RawStack], limit: int = 5) -> tuple[StackSample, ...]:
