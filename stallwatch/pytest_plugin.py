@@ -18,6 +18,7 @@ import json
 import linecache
 import logging
 import os
+import sysconfig
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -29,6 +30,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from .events import BACKGROUND, Frame, StallEvent
+from .middleware import StallwatchMiddleware
 from .monitor import LoopMonitor, get_monitor
 
 logger = logging.getLogger("stallwatch")
@@ -38,6 +40,8 @@ DEFAULT_THRESHOLD = 0.020
 SETTLE_TIMEOUT = 1.0
 """How long a test's report waits for the watchdogs to turn ended stalls into events."""
 _DISPATCH = ("events.py", "base_events.py", "runners.py")
+_SELF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
+_STDLIB = tuple(os.path.join(sysconfig.get_paths()[key], "") for key in ("stdlib", "platstdlib"))
 
 
 # -- decisions (pure) ------------------------------------------------------------------------
@@ -79,18 +83,50 @@ def where(frame: Frame | None, root: Path) -> str:
     return f"{relative(frame.filename, root)}:{frame.lineno} in {frame.function}"
 
 
+def _library(filename: str) -> str | None:
+    """The package a library frame belongs to (site-packages or stdlib), None for user code."""
+    if filename.startswith("<"):
+        return "<frozen>"
+    if filename.startswith(_SELF):
+        return "stallwatch"
+    for marker in ("site-packages", "dist-packages"):
+        _, found, rest = filename.partition(f"{os.sep}{marker}{os.sep}")
+        if found:
+            return rest.split(os.sep, 1)[0]
+    for root in _STDLIB:
+        if filename.startswith(root):
+            return filename[len(root) :].split(os.sep, 1)[0].removesuffix(".py")
+    return None
+
+
 def stack_lines(event: StallEvent, root: Path) -> list[str]:
-    """The most frequent stack, innermost last, from the callback the loop was running."""
+    """The most frequent stack, innermost last, from the callback the loop was running.
+
+    Library frames outside the top user frame are folded into one line per run (the
+    framework's middleware layers); from the top user frame inward every frame is shown.
+    """
     if not event.stacks:
-        return [f"  (no stack: cause {event.cause})"]
+        return [f"  (no stack sampled: cause {event.cause})"]
     frames = list(event.stacks[0].frames)
     for i in range(len(frames) - 1, -1, -1):
-        f = frames[i]
-        if os.path.basename(f.filename) in _DISPATCH and f"{os.sep}asyncio{os.sep}" in f.filename:
+        if _library(frames[i].filename) == "asyncio" and (
+            os.path.basename(frames[i].filename) in _DISPATCH
+        ):
             frames = frames[i + 1 :]  # the loop's own machinery and whoever started it
             break
-    lines = []
-    for f in frames:
+    top = event.top_frame
+    inner = max((i for i, f in enumerate(frames) if f == top), default=len(frames) - 10)
+    lines: list[str] = []
+    folded: list[str] = []
+    for i, f in enumerate(frames):
+        package = _library(f.filename)
+        if i < inner and package is not None:
+            folded.append(package)
+            continue
+        if folded:
+            names = ", ".join(dict.fromkeys(folded))
+            lines.append(f"  ... {len(folded)} library frame(s) in {names}")
+            folded = []
         lines.append(f"  {where(f, root)}")
         source = linecache.getline(f.filename, f.lineno).strip()
         if source:
@@ -243,6 +279,56 @@ def _lock_drain(monitor: LoopMonitor) -> None:
     watchdog._finish_ended = locked_drain
 
 
+class TestClientRoutes:
+    """Names the culprit route of a stall inside a Starlette/FastAPI ``TestClient``.
+
+    The monitor knows routes only through ``StallwatchMiddleware``. An app that does not
+    mount it gets one (on the plugin's registry) between ``TestClient`` and the app, in the
+    client's transport, so ``client.app`` stays the user's app. Starlette's transport is
+    private: if it is not there as expected, nothing is patched and culprits stay
+    ``<background>``.
+    """
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self._options = options
+        self._transport: Any = None
+        self._original: Any = None
+
+    def install(self) -> None:
+        try:
+            from starlette import testclient
+        except ImportError:
+            return
+        transport = getattr(testclient, "_TestClientTransport", None)
+        original = getattr(transport, "__init__", None)
+        if transport is None or original is None:
+            return
+        wrap = self.wrap
+
+        def init(self: Any, app: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, wrap(app), *args, **kwargs)
+
+        self._transport, self._original = transport, original
+        transport.__init__ = init
+
+    def uninstall(self) -> None:
+        if self._transport is not None:
+            self._transport.__init__ = self._original
+            self._transport = None
+
+    def wrap(self, app: Any) -> Any:
+        try:
+            if isinstance(app, StallwatchMiddleware) or any(
+                getattr(m, "cls", None) is StallwatchMiddleware
+                for m in getattr(app, "user_middleware", ())
+            ):
+                return app  # the app names its routes already
+            return StallwatchMiddleware(app, **self._options)
+        except Exception:
+            logger.exception("stallwatch: could not name TestClient routes (not raised)")
+            return app
+
+
 # -- the plugin --------------------------------------------------------------------------------
 
 
@@ -265,6 +351,7 @@ class StallwatchPlugin:
         report = config.getoption("stallwatch_report")
         self.report_path = Path(report) if report else None
         self.watcher: LoopWatcher | None = None
+        self.routes: TestClientRoutes | None = None
         self.threshold = DEFAULT_THRESHOLD
         self.tests: dict[str, TestStalls] = {}
         self.windows: list[tuple[float, float, str, str]] = []  # start, stop, nodeid, phase
@@ -293,16 +380,22 @@ class StallwatchPlugin:
             self.tests[item.nodeid] = TestStalls(item.nodeid, limit, allow)
         if self.watcher is None and (self.run_limit or self.report_path or marked):
             self.threshold = threshold_for(limits)
+            registry = CollectorRegistry()
+            floor = min(0.001, self.threshold)
             self.watcher = LoopWatcher(
                 {
                     "stall_threshold": self.threshold,
-                    "floor": min(0.001, self.threshold),
+                    "floor": floor,
                     "sample_interval": max(0.0005, min(0.005, self.threshold / 4)),
                     "history": 1000,
-                    "registry": CollectorRegistry(),
+                    "registry": registry,
                 }
             )
             self.watcher.install()
+            self.routes = TestClientRoutes(
+                {"registry": registry, "stall_threshold": self.threshold, "floor": floor}
+            )
+            self.routes.install()
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(
@@ -409,6 +502,8 @@ class StallwatchPlugin:
         terminalreporter.write_line(line)
 
     def close(self) -> None:
+        if self.routes is not None:
+            self.routes.uninstall()
         if self.watcher is not None:
             self.watcher.uninstall()
 
