@@ -260,15 +260,20 @@ def _is_dispatch(frame: Frame) -> bool:
 
 def callback_frames(frames: Sequence[Frame]) -> Sequence[Frame]:
     """The frames above the loop's innermost dispatch frame (``Handle._run``,
-    ``run_until_complete`` and the runners that call it): those of the callback it ran.
+    ``run_until_complete`` and the runners that call it): those of the callback it ran; none
+    when the loop was in its own iteration (polling, timers) rather than in a callback.
 
     Frames at or below the dispatch belong to whoever started the loop: a stack that ends
     there was in the loop's own machinery, and naming the program's ``main`` would mislead.
     A stack without dispatch frames (a thread that runs no loop) is all callback.
     """
     for index in range(len(frames) - 1, -1, -1):
-        if _is_dispatch(frames[index]):
-            return frames[index + 1 :]
+        frame = frames[index]
+        if _is_dispatch(frame):
+            # Above the standard loop's iteration and below a Handle are its own poll,
+            # timers and I/O bookkeeping. uvloop dispatches from C: above its runner, the
+            # callback's frames come next.
+            return () if frame.function == "_run_once" else frames[index + 1 :]
     return frames
 
 
