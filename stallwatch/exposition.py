@@ -1,16 +1,22 @@
 """Serving ``/metrics``: from the app, or from a thread of its own that a held loop cannot stop.
 
 A scrape answered by the event loop times out exactly while the loop is stalled, which is
-when the stall gauge matters most; ``start_metrics_server`` answers from its own thread.
+when the stall gauge matters most; ``start_metrics_server`` answers from its own thread, and
+serves the stall report there too when given one, so the report answers while the loop is held.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import threading
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from http import HTTPStatus
+from socketserver import ThreadingMixIn
+from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import REGISTRY, CollectorRegistry, make_asgi_app, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, make_asgi_app, make_wsgi_app
 
 from ._types import ASGIApp, Receive, Scope, Send
 from .monitor import get_monitor
@@ -49,14 +55,90 @@ def metrics_app(registry: CollectorRegistry | None = None) -> ASGIApp:
     return app
 
 
+class ReportResponder(Protocol):
+    """What the off-loop server needs of the report (``report_http.ReportApp``)."""
+
+    def handles(self, path: str) -> bool: ...
+
+    def respond(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        client_host: str | None,
+        query: str = "",
+    ) -> tuple[int, list[tuple[str, str]], bytes]: ...
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    # A thread per connection, not joined at close: a slow client must not hold up shutdown.
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # an access line per scrape would flood the application's stderr
+
+
+_Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def _wsgi_app(registry: CollectorRegistry, report: ReportResponder | None) -> _Wsgi:
+    """prometheus-client's own WSGI app for every path (content negotiation, gzip, ``name[]``
+    filters), except the report's paths, which the report answers."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        if report is None or not report.handles(path):
+            result: Iterable[bytes] = metrics(environ, start_response)
+            return result
+        headers = {
+            key[5:].replace("_", "-").lower(): value
+            for key, value in environ.items()
+            if key.startswith("HTTP_")
+        }
+        status, response_headers, body = report.respond(
+            environ.get("REQUEST_METHOD", "GET"),
+            path,
+            headers,
+            environ.get("REMOTE_ADDR"),
+            environ.get("QUERY_STRING", ""),
+        )
+        start_response(f"{status} {_reason(status)}", response_headers)
+        return [body]
+
+    return app
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
 def start_metrics_server(
-    port: int, host: str = "127.0.0.1", registry: CollectorRegistry | None = None
-) -> tuple[Any, threading.Thread]:
-    """Serve the metrics on ``host:port`` from a daemon thread; returns (server, thread).
+    port: int,
+    host: str = "127.0.0.1",
+    registry: CollectorRegistry | None = None,
+    report: ReportResponder | None = None,
+) -> tuple[WSGIServer, threading.Thread]:
+    """Serve the metrics (and ``report``'s paths, if given) on ``host:port`` from a daemon
+    thread; returns (server, thread). Stop it with ``server.shutdown(); server.server_close()``.
 
     Bind to loopback (the default) unless the port is meant to be reached from outside.
     """
-    if not isinstance(port, int) or not 0 <= port <= 65535:
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
         raise ValueError(f"metrics port must be an integer from 0 to 65535, got {port!r}")
-    server, thread = start_http_server(port, addr=host, registry=exposition_registry(registry))
+
+    class Server(_ThreadingServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    app = _wsgi_app(exposition_registry(registry), report)
+    server = make_server(host.strip("[]"), port, app, Server, handler_class=_QuietHandler)
+    thread = threading.Thread(
+        target=server.serve_forever, name="stallwatch-metrics-server", daemon=True
+    )
+    thread.start()
     return server, thread

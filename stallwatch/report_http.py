@@ -13,6 +13,7 @@ off-loop metrics server (a thread that answers while the loop is held) share eve
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -275,10 +276,8 @@ class ReportApp:
 
     def _internal_error(self) -> None:
         monitor = None
-        try:
+        with contextlib.suppress(Exception):
             monitor = self._get_monitor()
-        except Exception:
-            pass
         if monitor is not None:
             monitor.internal_error("report")
         else:

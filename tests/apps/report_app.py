@@ -1,0 +1,105 @@
+"""Apps for the report tests, each served by real uvicorn in its own process.
+
+- ``app``: a Starlette app with ``StallwatchMiddleware(report=True)``; its token and its
+  off-loop port come from ``SW_REPORT_TOKEN`` and ``SW_METRICS_PORT``. ``/hold?ms=N`` blocks
+  the loop on ``HOLD_LINE``, ``/hold-again?ms=N`` on ``AGAIN_LINE``; ``/ping`` never blocks.
+- ``off``: the same app with the report left off (its default).
+- ``demo``: the demo service (``demo_app``) with the report served beside it, configured by
+  the demo's ``DEMO_*`` variables.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+from stallwatch import StallwatchMiddleware, get_monitor
+from stallwatch._types import ASGIApp, Receive, Scope, Send
+
+
+def hold(seconds: float) -> float:
+    began = time.perf_counter()
+    time.sleep(seconds)  # the report's line
+    return time.perf_counter() - began
+
+
+def hold_again(seconds: float) -> float:
+    began = time.perf_counter()
+    time.sleep(seconds)  # the report's other line
+    return time.perf_counter() - began
+
+
+def line_of(marker: str) -> int:
+    """The line of this module that ends with ``marker``: what the report must name."""
+    for number, text in enumerate(Path(__file__).read_text().splitlines(), start=1):
+        if text.rstrip().endswith(marker):
+            return number
+    raise LookupError(marker)
+
+
+HOLD_LINE = line_of("# the report's line")
+AGAIN_LINE = line_of("# the report's other line")
+
+
+async def hold_route(request: Request) -> JSONResponse:
+    return JSONResponse({"held": hold(float(request.query_params["ms"]) / 1e3)})
+
+
+async def hold_again_route(request: Request) -> JSONResponse:
+    return JSONResponse({"held": hold_again(float(request.query_params["ms"]) / 1e3)})
+
+
+async def ping(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("pong")
+
+
+def build(*, report: bool) -> Any:
+    port = os.environ.get("SW_METRICS_PORT")
+    starlette = Starlette(
+        routes=[
+            Route("/hold", hold_route),
+            Route("/hold-again", hold_again_route),
+            Route("/ping", ping),
+        ]
+    )
+    return StallwatchMiddleware(
+        starlette,
+        registry=CollectorRegistry(),
+        stall_threshold=0.05,
+        report=report,
+        report_token=os.environ.get("SW_REPORT_TOKEN") or None,
+        metrics_port=int(port) if port else None,
+        metrics_path="/metrics",
+    )
+
+
+app = build(report=True)
+off = build(report=False)
+
+
+def _demo() -> ASGIApp:
+    """The demo app with the report served beside it, whichever way the demo is built."""
+    from demo_app.app import create_app, settings_from_env
+    from stallwatch.report_http import ReportApp
+
+    inner: ASGIApp = create_app(**settings_from_env())
+    report = ReportApp(get_monitor)  # served on the loop: get_monitor() finds its monitor
+
+    async def demo(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and report.handles(scope["path"]):
+            await report(scope, receive, send)
+        else:
+            await inner(scope, receive, send)
+
+    return demo
+
+
+demo = _demo() if os.environ.get("SW_REPORT_DEMO") else None
