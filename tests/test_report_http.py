@@ -67,8 +67,10 @@ def test_summary_groups_stalls_by_line_costliest_first(served: tuple[str, httpx.
     assert first["total_seconds"] >= 0.19
     assert 0.115 <= first["max_seconds"] < first["total_seconds"]
     assert first["first_seen"] < first["last_seen"] < second["last_seen"]
-    assert first["culprits"] == {"/hold": 2} and second["culprit"] == "/hold-again"
-    assert first["causes"] == {"blocking": 2} and first["allowed"] is False
+    assert first["culprits"] == {"/hold": 2}
+    assert second["culprit"] == "/hold-again"
+    assert first["causes"] == {"blocking": 2}
+    assert first["allowed"] is False
     # Its most frequent stack ends at the line, and shows the route handler that called it.
     frames = first["stacks"][0]["frames"]
     assert frames[-1] == first["location"]
@@ -87,7 +89,8 @@ def test_stalls_come_newest_first_with_the_event_fields(served: tuple[str, httpx
         assert key in newest
     assert newest["location"] == newest["top_frame"]
     assert newest["location"].endswith(f":{AGAIN_LINE} in hold_again")
-    assert newest["sampled"] is True and newest["allowed"] is False
+    assert newest["sampled"] is True
+    assert newest["allowed"] is False
     assert 0.065 <= newest["duration"] < 0.5
     assert newest["ended_at"] == pytest.approx(newest["started_at"] + newest["duration"])
 
@@ -122,17 +125,21 @@ def test_the_page_is_served_with_strict_headers(served: tuple[str, httpx.Client]
     assert page.headers["content-type"].startswith("text/html")
     assert "<title>stallwatch" in page.text
     csp = page.headers["content-security-policy"]
-    assert "default-src 'none'" in csp and "connect-src 'self'" in csp
-    assert "'unsafe-inline'" not in csp and "script-src 'sha256-" in csp
+    assert "default-src 'none'" in csp
+    assert "connect-src 'self'" in csp
+    assert "'unsafe-inline'" not in csp
+    assert "script-src 'sha256-" in csp
     assert page.headers["cache-control"] == "no-store"
     assert page.headers["x-content-type-options"] == "nosniff"
     # Without the slash, a relative redirect to it: the page fetches api/... relative to itself.
     bare = client.get(f"{base}{BASE}")
-    assert bare.status_code == 307 and bare.headers["location"] == "_stallwatch/"
+    assert bare.status_code == 307
+    assert bare.headers["location"] == "_stallwatch/"
     assert client.get(f"{base}{BASE}", follow_redirects=True).url.path == f"{BASE}/"
     # HEAD answers like GET without a body.
     head = client.head(f"{base}{BASE}/api/summary")
-    assert head.status_code == 200 and head.content == b""
+    assert head.status_code == 200
+    assert head.content == b""
 
 
 def test_unknown_report_paths_and_methods(served: tuple[str, httpx.Client]) -> None:
@@ -140,7 +147,8 @@ def test_unknown_report_paths_and_methods(served: tuple[str, httpx.Client]) -> N
     assert client.get(f"{base}{BASE}/api/nothing").status_code == 404
     assert client.get(f"{base}{BASE}/api/stalls/").status_code == 404
     refused = client.post(f"{base}{BASE}/api/stalls")
-    assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD"
+    assert refused.status_code == 405
+    assert refused.headers["allow"] == "GET, HEAD"
     # A path that only starts like the report's is the application's.
     assert client.get(f"{base}/_stallwatchers").status_code == 404
     assert client.get(f"{base}/_stallwatchers").text == client.get(f"{base}/nope").text
@@ -222,7 +230,8 @@ def test_the_off_loop_port_serves_the_report_while_the_loop_is_held() -> None:
             time.sleep(0.05)
         during = holder.is_alive()
         holder.join(10)
-        assert held and during, "the off-loop report never saw the loop held"
+        assert held, "the off-loop report never saw the loop held"
+        assert during, "the hold was over before the off-loop report answered"
         assert max(latencies) < 0.5, latencies
         assert held[0] >= 0.05  # past the app's threshold
         assert "stallwatch_event_loop_lag_seconds" in scraper.get(f"{off_loop}/metrics").text
@@ -276,8 +285,9 @@ def test_options_are_checked_with_their_names() -> None:
 def test_respond_is_the_one_place_for_both_servers() -> None:
     monitor = FakeMonitor()
     report = ReportApp(lambda: monitor, path="/ops")  # type: ignore[arg-type, return-value]
-    status, headers, body = report.respond("GET", "/ops/api/loop?window=30", {}, "127.0.0.1")
-    assert status == 200 and b'"available":false' in body
+    status, _headers, body = report.respond("GET", "/ops/api/loop?window=30", {}, "127.0.0.1")
+    assert status == 200
+    assert b'"available":false' in body
     assert report.respond("GET", "/ops/api/loop", {}, "10.1.1.1")[0] == 403
     assert report.respond("GET", "/elsewhere", {}, "127.0.0.1")[0] == 404
 
@@ -286,4 +296,5 @@ def test_respond_is_the_one_place_for_both_servers() -> None:
 
     failing = ReportApp(broken)
     status, _, body = failing.respond("GET", "/_stallwatch/api/stalls", {}, "127.0.0.1")
-    assert status == 500 and body == b"Internal Server Error\n"
+    assert status == 500
+    assert body == b"Internal Server Error\n"
