@@ -45,7 +45,7 @@ _HTTP, _WEBSOCKET, _MOUNT, _OTHER = range(4)
 class _Node:
     """One route of a router, compiled for prediction: its regex and its full template."""
 
-    __slots__ = ("children", "kind", "methods", "regex", "route", "template")
+    __slots__ = ("children", "kind", "match", "methods", "route", "template")
 
     def __init__(
         self,
@@ -56,7 +56,11 @@ class _Node:
     ) -> None:
         self.kind = kind
         self.route = route
-        self.regex: re.Pattern[str] | None = getattr(route, "path_regex", None)
+        regex = getattr(route, "path_regex", None)
+        # The bound ``match`` of a compiled pattern; never None for the kinds matched here.
+        self.match: Callable[[str], re.Match[str] | None] = (
+            regex.match if isinstance(regex, re.Pattern) else _never
+        )
         self.methods: Any = getattr(route, "methods", None) or None
         self.template = template
         self.children = children
@@ -87,6 +91,8 @@ class _Tree:
         if depth > _MAX_DEPTH:
             return ()
         for route in routes:
+            if not callable(getattr(route, "matches", None)):
+                continue  # not a Starlette route: the router could not select it either
             if callable(getattr(route, "effective_candidates", None)):
                 # A router that FastAPI includes whole: its routes, in order, with the prefix.
                 nodes.extend(self._walk_included(route, prefix, depth + 1))
@@ -151,6 +157,10 @@ class _Tree:
             entry[1].append((consumed, template))
 
 
+def _never(path: str) -> None:
+    return None
+
+
 def _prefix_regex(template: str) -> re.Pattern[str] | None:
     try:
         from starlette.routing import compile_path
@@ -198,7 +208,7 @@ def _predict(
     for node in nodes:
         k = node.kind
         if k == _HTTP:
-            if kind != "http" or node.regex is None or node.regex.match(path) is None:
+            if kind != "http" or node.match(path) is None:
                 continue
             if node.methods and scope.get("method") not in node.methods:
                 if partial is None:
@@ -206,11 +216,11 @@ def _predict(
                 continue
             return node.template
         if k == _WEBSOCKET:
-            if kind == "websocket" and node.regex is not None and node.regex.match(path):
+            if kind == "websocket" and node.match(path) is not None:
                 return node.template
             continue
         if k == _MOUNT:
-            match = node.regex.match(path) if node.regex is not None else None
+            match = node.match(path)
             if match is None:
                 continue
             if node.children is None:
@@ -222,7 +232,10 @@ def _predict(
         view["root_path"] = root
         view["fastapi"] = dict(scope.get("fastapi") or {})
         view.pop("route", None)
-        found, child = node.route.matches(view)
+        try:
+            found, child = node.route.matches(view)
+        except Exception:  # the router would fail on it too; prediction must not
+            continue
         value = getattr(found, "value", 0)
         if value:
             child_root, child_path = _route_path(
@@ -254,6 +267,7 @@ class StarletteRoutes:
 
     def __init__(self, app: Any = None) -> None:
         self._app = app
+        self._starlette = _is_starlette(app)
         self._tree: _Tree | None = None
         self._rebuilds = 0
 
@@ -265,6 +279,7 @@ class StarletteRoutes:
     @app.setter
     def app(self, app: Any) -> None:
         self._app = app
+        self._starlette = _is_starlette(app)
         self._tree = None
 
     def bind(self, app: Any) -> None:
@@ -273,9 +288,15 @@ class StarletteRoutes:
             self.app = app
 
     def __call__(self, scope: Scope) -> str | None:
+        if not self._starlette:  # not bound to a Starlette app: only the scope can say
+            template = scope.get("path_template")
+            return template if isinstance(template, str) and template else None
         tree = self._tree_now()
         route = scope.get("route")
         if route is None:
+            router = scope.get("router")
+            if router is not None and type(router).app is _plain_router_app():
+                return None  # Starlette's router ran, selects in one step, and selected nothing
             return self.predict(scope)
         key = route
         fastapi = scope.get("fastapi")
@@ -319,7 +340,7 @@ class StarletteRoutes:
 
     def _tree_now(self) -> _Tree:
         tree = self._tree
-        routes = _routes_of_app(self._app)
+        routes = _routes_of_app(self._app) if self._starlette else None
         if tree is None or tree.routes is not routes or tree.size != len(routes or ()):
             tree = self._tree = _Tree(routes)
         return tree
@@ -331,6 +352,11 @@ class StarletteRoutes:
         if isinstance(path, str) and root == scope.get("app_root_path", root):
             return path
         return self.predict(scope)
+
+
+def _plain_router_app() -> Any:
+    routing = sys.modules.get("starlette.routing")
+    return routing.Router.app if routing is not None else None
 
 
 def _routes_of_app(app: Any) -> list[Any] | None:
