@@ -262,6 +262,8 @@ class LoopHistory:
         """The upper edge of the bin holding the ``q`` quantile, capped by the largest lag."""
         rank = q * cumulative[-1]
         index = bisect_right(cumulative, math.ceil(rank) - 1)
+        if index == 0:
+            return 0.0  # under 10 us: no lag worth a digit (uvloop's clock reads whole ms)
         if index >= len(self._edges):
             return seen_max
         return min(self._edges[index], seen_max)

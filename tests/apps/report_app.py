@@ -103,3 +103,47 @@ def _demo() -> ASGIApp:
 
 
 demo = _demo() if os.environ.get("SW_REPORT_DEMO") else None
+
+
+# -- the demo under load, for the page and CLI tests -------------------------------------------
+
+DEMO_ENV = {
+    "SW_REPORT_DEMO": "1",
+    "DEMO_MODE": "blocking",
+    # About 10 to 20 ms per read on a 2-core machine: each read is a stall of its own past
+    # the 10 ms threshold, so the line is found with a few requests, not a load test.
+    "DEMO_SEED_ROWS": "200000",
+    "DEMO_STALL_THRESHOLD": "0.01",
+}
+DEMO_TARGET = "tests.apps.report_app:demo"
+
+
+def put_load(base: str, *, clients: int = 4, requests: int = 12) -> None:
+    """A few bounded concurrent requests: cache reads (the culprit) and pings (its victims)."""
+    import threading
+
+    import httpx
+
+    def client(i: int) -> None:
+        with httpx.Client(base_url=base, timeout=30.0) as http:
+            for n in range(requests):
+                http.get(f"/cache/key-{(i * requests + n) % 1000}" if n % 3 else "/ping")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120.0)
+
+
+def demo_blocking_line() -> str:
+    """``demo_app/cache.py:N in read_blocking``: the line the report must name first."""
+    import inspect
+
+    from demo_app import cache
+
+    lines, first = inspect.getsourcelines(cache.read_blocking)
+    for offset, text in enumerate(lines):
+        if ".execute(" in text:
+            return f"demo_app/cache.py:{first + offset} in read_blocking"
+    raise LookupError("read_blocking has no execute() line")
