@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from litestar import Litestar, Router, get
 from litestar.handlers import asgi
+from litestar.params import FromPath
 from litestar.types import Receive, Scope, Send
 
 from stallwatch import StallwatchMiddleware
@@ -15,16 +16,16 @@ async def root() -> dict[str, bool]:
 
 
 @get("/items/{item_id:int}")
-async def read_item(item_id: int) -> dict[str, int]:
+async def read_item(item_id: FromPath[int]) -> dict[str, int]:
     return {"item_id": item_id}
 
 
 @get("/users/{name:str}")
-async def read_user(name: str) -> dict[str, str]:
+async def read_user(name: FromPath[str]) -> dict[str, str]:
     return {"name": name}
 
 
-@asgi("/static", is_mount=True)
+@asgi("/static", is_mount=True, copy_scope=True)
 async def static(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"static"})
