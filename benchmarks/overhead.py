@@ -61,7 +61,7 @@ from benchmarks._servers import (
 )
 
 VARIANTS = ("bare", "monitor", "stallwatch", *PEERS)
-OPTIONAL_VARIANTS = ("noop", "sw-gcfreeze", "sw-nogcwatch", "sw-ring64", "sw-floor20")
+OPTIONAL_VARIANTS = ("noop", "sw-release", "sw-gcfreeze", "sw-nogcwatch", "sw-ring64", "sw-floor20")
 QUICK_CELLS = (
     "fastapi/standard/50/nobhm/ping",
     "fastapi/standard/50/bhm/work",
