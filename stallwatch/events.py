@@ -52,13 +52,15 @@ class StallEvent:
     """Seconds the loop did not poll, from the loop's own timing."""
     cause: Cause
     culprit: str
-    """The route (or ``<background>``) that held the loop for the largest share."""
+    """The route (or ``<background>``) that held the loop for the largest share. Work done by
+    any task a request started, directly or through its children, counts as that request's."""
     culprits: dict[str, float]
     """Every holder of the loop during the stall and its share (0..1), largest first."""
     victims: dict[str, int]
     """Routes of the requests that were in flight, with how many of each."""
     top_frame: Frame | None
-    """The innermost frame outside the standard library, site-packages and stallwatch."""
+    """The innermost frame of the application's code (outside the standard library,
+    site-packages and stallwatch, unless ``in_app_include`` names them)."""
     stacks: tuple[StackSample, ...]
     """Distinct sampled stacks, most frequent first; empty when none could be taken."""
     sampled: bool
@@ -70,6 +72,10 @@ class StallEvent:
     loop_cpu_ratio: float | None
     """Share of the stall the loop thread spent on a CPU (None where the OS does not tell)."""
     extra: dict[str, float] = field(default_factory=dict)
+    allowed: bool = False
+    """The stall ran inside ``stallwatch.allow_blocking()``: counted, but expected."""
+    started_by: Frame | None = None
+    """For a stall in a task that a request started: the request's line that started it."""
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready view, the one ``/demo/stalls`` and the reports print."""
@@ -81,6 +87,8 @@ class StallEvent:
             "culprits": dict(self.culprits),
             "victims": dict(self.victims),
             "top_frame": str(self.top_frame) if self.top_frame else None,
+            "started_by": str(self.started_by) if self.started_by else None,
+            "allowed": self.allowed,
             "sampled": self.sampled,
             "task": self.task,
             "gc_seconds": self.gc_seconds,

@@ -1,9 +1,11 @@
 """``StallwatchMiddleware``: the ASGI glue between requests and the loop monitor.
 
-Per request it opens a ``RequestSpan`` (the awaitable that times each step of the app), lets
-the app run, and on the way out records latency, loop-hold time and frozen time. Lifespan
-starts and stops the monitor; everything else passes through untouched. Whatever goes wrong
-inside stallwatch is counted and logged, never raised into the request.
+Per request it opens a ``RequestSpan`` (the awaitable that times each step of the app), makes
+it the current request of the context, so that every task the request starts is timed for it
+too (``tasks.py``), lets the app run, and on the way out records latency, loop-hold time and
+frozen time. Lifespan starts and stops the monitor; everything else passes through untouched.
+Whatever goes wrong inside stallwatch is counted and logged, never raised into the request:
+a scope stallwatch cannot read goes to the app exactly as it came.
 """
 
 from __future__ import annotations
@@ -13,183 +15,200 @@ import logging
 from time import perf_counter
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .exposition import metrics_app, start_metrics_server
 from .metrics import Metrics, metrics_for
 from .monitor import LoopMonitor, get_monitor
 from .multiprocess import start_cleanup
-from .routes import UNMATCHED, RouteResolver, StarletteRoutes, method_label
+from .options import MiddlewareOptions, monitor_options
+from .routes import UNMATCHED, RouteResolver, default_resolver
 from .spans import RequestSpan
-from .tally import RequestTally
+from .tally import RequestMetrics
+from .tasks import CURRENT
 from .timeline import Timeline
 
 logger = logging.getLogger("stallwatch")
 
+_warned_unwatched = False
+
 
 class StallwatchMiddleware:
+    """Watch the event loop an ASGI app runs on, and what each route costs the others.
+
+    Options are keyword-only: those of ``MiddlewareOptions`` (naming, exposition, the
+    report) and those of ``MonitorOptions`` (how the loop is watched), both checked here.
+    """
+
     def __init__(
         self,
         app: ASGIApp,
         *,
-        registry: CollectorRegistry | None = None,
-        interval: float = 0.010,
-        stall_threshold: float = 0.020,
-        floor: float = 0.001,
-        lag_buckets: tuple[float, ...] | None = None,
-        request_buckets: tuple[float, ...] | None = None,
         route_resolver: RouteResolver | None = None,
+        request_buckets: tuple[float, ...] | None = None,
         metrics_path: str | None = None,
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
+        report: bool = False,
+        report_path: str = "/_stallwatch",
+        report_token: str | None = None,
+        server_timing: bool = False,
+        group_status: bool = False,
+        **monitor: Any,
     ) -> None:
         self.app = app
-        self._monitor_options: dict[str, Any] = {
-            "interval": interval,
-            "stall_threshold": stall_threshold,
-            "floor": floor,
-            "registry": registry,
-            "lag_buckets": lag_buckets,
-        }
+        self.options = options = MiddlewareOptions(
+            route_resolver=route_resolver,
+            request_buckets=request_buckets,
+            metrics_path=metrics_path,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            report=report,
+            report_path=report_path,
+            report_token=report_token,
+            server_timing=server_timing,
+            group_status=group_status,
+        )
+        self.monitor_options = monitor_options("StallwatchMiddleware", monitor)
+        registry = self.monitor_options.registry
         # The metrics first: the monitor would register them with the default request buckets.
         self.metrics: Metrics = metrics_for(
-            registry, lag_buckets=lag_buckets, request_buckets=request_buckets
+            registry,
+            lag_buckets=self.monitor_options.lag_buckets,
+            request_buckets=options.request_buckets,
         )
-        LoopMonitor(**self._monitor_options)  # validates the options now, not on startup
-        if metrics_path is not None and not metrics_path.startswith("/"):
-            raise ValueError(f"metrics_path must start with '/', got {metrics_path!r}")
-        if metrics_port is not None and (
-            not isinstance(metrics_port, int) or not 0 <= metrics_port <= 65535
-        ):
-            raise ValueError(f"metrics_port must be an integer 0-65535, got {metrics_port!r}")
-        self._registry = registry
-        self._resolver: RouteResolver = route_resolver or StarletteRoutes(app)
+        self._resolver: RouteResolver = route_resolver or default_resolver(app)
         self._resolve: RouteResolver = self._contained_resolve  # bound once, not per request
-        self._bind_app = route_resolver is None and not hasattr(app, "routes")
-        self._metrics_path = metrics_path
+        self._bind_app = route_resolver is None
         self._metrics_app = metrics_app(registry) if metrics_path is not None else None
-        self._metrics_port = metrics_port
-        self._metrics_host = metrics_host
+        self._report: ASGIApp | None = None
+        if report:
+            from .report_http import ReportApp
+
+            self._report = ReportApp(lambda: self.monitor, path=report_path, token=report_token)
+        self._report_prefix = report_path + "/"
         self._metrics_server: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timeline: Timeline | None = None
         self.monitor: LoopMonitor | None = None
         self._owns_monitor = False
-        self._requests: dict[tuple[str, str, int], RequestTally] = {}
-        self._pending = False
-        self._frozen: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._requests = RequestMetrics(self.metrics, group_status=group_status)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
+        try:
+            kind = scope["type"]
+            path = scope.get("path") if kind == "http" else None
+        except Exception:  # not a scope stallwatch can read: the app's to answer
+            kind = path = None
         if kind != "http" and kind != "websocket":
             if kind == "lifespan":
                 await self.app(scope, self._lifespan_receive(receive), send)
             else:
                 await self.app(scope, receive, send)
             return
-        if self._metrics_app is not None and scope["path"] == self._metrics_path:
-            if self.monitor is not None:
-                self.monitor.flush()
-            await self._metrics_app(scope, receive, send)
-            return
+        if path is not None:
+            if self._metrics_app is not None and path == self.options.metrics_path:
+                if self.monitor is not None:
+                    self.monitor.flush()
+                await self._metrics_app(scope, receive, send)
+                return
+            report = self._report
+            if report is not None and (
+                path.startswith(self._report_prefix) or path == self.options.report_path
+            ):
+                await report(scope, receive, send)
+                return
         try:
             span = self._open(scope, send)
         except Exception:
             self._internal_error("middleware")
+            span = None
+        if span is None:
             await self.app(scope, receive, send)
             return
+        token = CURRENT.set(span)
         try:
-            await span.wrap(self.app(scope, receive, span.asgi_send))
+            await span.wrap(
+                self.app(
+                    scope,
+                    receive,
+                    span.asgi_send_timed if self.options.server_timing else span.asgi_send,
+                )
+            )
         finally:
+            CURRENT.reset(token)
             self._close(span, perf_counter())
 
     # -- per request -----------------------------------------------------------------------
 
-    def _open(self, scope: Scope, send: Send) -> RequestSpan:
+    def _open(self, scope: Scope, send: Send) -> RequestSpan | None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # trio, or anything else that is not an asyncio loop
+            _warn_unwatched()
+            return None
         if self._bind_app:
             self._bind(scope)
-        loop = asyncio.get_running_loop()
         timeline = self._timeline
         monitor = self.monitor
         if loop is not self._loop or timeline is None or monitor is None or not monitor.running:
             timeline = self._attach(loop)
-        span = RequestSpan(timeline, scope, send, self._resolve, perf_counter())
-        timeline.in_flight.add(span)
+        span = RequestSpan(timeline, scope, send, self._resolve)
+        timeline.request_started(span)
         return span
 
     def _close(self, span: RequestSpan, end: float) -> None:
         try:
             timeline = span.timeline
-            timeline.in_flight.discard(span)
-            route = span.final_route()
+            timeline.request_ended(span)
             scope = span.scope
-            method = "WEBSOCKET" if scope["type"] == "websocket" else method_label(scope["method"])
-            key = (method, route, span.status or 500)
-            tally = self._requests.get(key)
-            if tally is None:
-                tally = self._tally(key)
-            tally.add(end - span.start, span.longest, span.busy)
-            self._pending = True
+            kind = scope.get("type")
+            route = span.route_label()
             frozen = timeline.frozen(span, end)
-            if frozen:
-                floor = timeline.floor
-                for culprit, seconds in frozen.items():
-                    pair = self._frozen.get((route, culprit))
-                    if pair is None:
-                        pair = self._frozen[(route, culprit)] = (
-                            self.metrics.frozen_seconds.labels(route, culprit),
-                            self.metrics.frozen_requests.labels(route, culprit),
-                        )
-                    pair[0].inc(seconds)
-                    if seconds >= floor:
-                        pair[1].inc()
+            self._requests.add(
+                "WEBSOCKET" if kind == "websocket" else scope.get("method"),
+                route,
+                span.status or 500,
+                end - span.start,
+                span,
+                frozen,
+                timeline.floor,
+            )
         except Exception:
             self._internal_error("middleware")
 
-    def _tally(self, key: tuple[str, str, int]) -> RequestTally:
-        method, route, status = key
-        metrics = self.metrics
-        tally = self._requests[key] = RequestTally(
-            metrics.request_duration.labels(method, route, str(status)),
-            metrics.loop_hold.labels(route),
-            metrics.loop_busy.labels(route),
-        )
-        return tally
-
     def flush(self) -> None:
         """Hand the requests counted since the last flush to prometheus-client (loop thread)."""
-        if not self._pending:
-            return
-        self._pending = False
         try:
-            for tally in self._requests.values():
-                tally.flush()
+            timeline = self._timeline
+            late = timeline.take_late_busy() if timeline is not None else None
+            self._requests.flush(late, self.monitor.history if self.monitor else None)
         except Exception:
             self._internal_error("middleware")
 
     # -- the monitor's life cycle ------------------------------------------------------------
 
     def _bind(self, scope: Scope) -> None:
-        """Give the route resolver the application's route tree, to name mounted routes."""
+        """Give the route resolver the outermost application, to name mounted routes."""
         self._bind_app = False
         top = scope.get("app")
-        if isinstance(self._resolver, StarletteRoutes) and hasattr(top, "routes"):
-            self._resolver.app = top
+        bind = getattr(self._resolver, "bind", None)
+        if top is not None and callable(bind):
+            bind(top)
 
     def _contained_resolve(self, scope: Scope) -> str | None:
         # The timeline names routes from inside the loop's poll, where an exception would
         # stop the event loop: a resolver that raises (a user's) names the request unmatched.
         try:
-            return self._resolver(scope)
+            route = self._resolver(scope)
         except Exception:
             self._internal_error("middleware")
             return UNMATCHED
+        return route if route is None or isinstance(route, str) else UNMATCHED
 
     def _attach(self, loop: asyncio.AbstractEventLoop) -> Timeline:
         monitor = get_monitor(loop)
         if monitor is None:
-            monitor = LoopMonitor(loop, **self._monitor_options)
+            monitor = LoopMonitor(loop, options=self.monitor_options)
             monitor.start()
             self._owns_monitor = True
         self.monitor = monitor
@@ -209,6 +228,8 @@ class StallwatchMiddleware:
                     self._attach(asyncio.get_running_loop())
                 elif kind == "lifespan.shutdown":
                     self._shutdown()
+            except RuntimeError:
+                _warn_unwatched()
             except Exception:
                 self._internal_error("lifespan")
             return message
@@ -231,15 +252,31 @@ class StallwatchMiddleware:
             self._metrics_server = None
 
     def _start_metrics_server(self) -> None:
-        if self._metrics_port is None or self._metrics_server is not None:
+        port = self.options.metrics_port
+        if port is None or self._metrics_server is not None:
             return
         try:
             self._metrics_server, _ = start_metrics_server(
-                self._metrics_port, self._metrics_host, self._registry
+                port,
+                self.options.metrics_host,
+                self.monitor_options.registry,
+                **self._report_kwargs(),
             )
-        except OSError:
-            self._metrics_port = None  # tried once; the app keeps serving without it
-            self._internal_error("metrics-server")
+        except OSError as exc:
+            # Tried once; the app keeps serving without it (with many workers, only the
+            # first binds: docs/deployment.md says to use metrics_path there).
+            self.options = _without_port(self.options)
+            logger.warning(
+                "stallwatch: cannot serve metrics on %s:%s (%s); serving without it",
+                self.options.metrics_host,
+                port,
+                exc.strerror or exc,
+            )
+
+    def _report_kwargs(self) -> dict[str, Any]:
+        if self._report is None:
+            return {}
+        return {"report": self._report}
 
     def _internal_error(self, component: str) -> None:
         if self.monitor is not None:
@@ -250,3 +287,19 @@ class StallwatchMiddleware:
             logger.exception("stallwatch: internal error in %s (counted, not raised)", component)
         except Exception:  # pragma: no cover
             pass
+
+
+def _without_port(options: MiddlewareOptions) -> MiddlewareOptions:
+    from dataclasses import replace
+
+    return replace(options, metrics_port=None)
+
+
+def _warn_unwatched() -> None:
+    global _warned_unwatched
+    if not _warned_unwatched:
+        _warned_unwatched = True
+        logger.warning(
+            "stallwatch watches asyncio event loops; requests pass through unwatched "
+            "(this server runs another event loop, such as trio)"
+        )

@@ -7,6 +7,9 @@
 - ``HeartbeatProbe``: anything else is timed from the heartbeat. With libuv's idle-time
   metric the busy time between two beats is exact; without it, a beat's lateness is all
   there is, and a stretch can be off by up to one heartbeat interval.
+
+Every probe has the same face (``Probe``) and ``choose_probe`` picks one, so the monitor
+never asks which it got. A probe tells the timeline only through its named methods.
 """
 
 from __future__ import annotations
@@ -15,10 +18,38 @@ import asyncio
 import threading
 from collections.abc import Callable
 from time import perf_counter
-from typing import Any
+from typing import Any, Protocol
 
 from .timeline import Timeline
 from .uvloop_idle import LibUV, PrepareHandle
+
+
+class Probe(Protocol):
+    name: str
+    """``poll`` and ``uv-prepare`` are exact; ``heartbeat+uv-idle`` and ``heartbeat`` not."""
+
+    def held_since(self) -> float | None:
+        """When the loop last came back from polling, if it is busy now (watchdog thread)."""
+
+    def beat(self, now: float, lateness: float) -> None:
+        """The heartbeat ran (loop thread): the probes that time from it close a stretch."""
+
+    def uninstall(self) -> None:
+        """Undo what ``install`` did (loop thread)."""
+
+
+def choose_probe(loop: asyncio.AbstractEventLoop, timeline: Timeline, *, interval: float) -> Probe:
+    """The most exact probe this loop allows, installed and wired to ``timeline``; the
+    heartbeat's ``interval`` bounds how far off the fallback can be."""
+    selector = PollProbe.selector_of(loop)
+    if selector is not None:
+        return PollProbe(selector, timeline)
+    libuv = LibUV.attach(loop)
+    if libuv is not None:
+        prepare = PreparePollProbe(loop, timeline, libuv)
+        if prepare.install():
+            return prepare
+    return HeartbeatProbe(timeline, libuv, interval)
 
 
 class PollProbe:
@@ -27,7 +58,19 @@ class PollProbe:
     def __init__(self, selector: Any, timeline: Timeline) -> None:
         self._selector = selector
         self._timeline = timeline
-        self._installed = False
+        timeline.timed_by(exact=True, origin_previous=True)
+        original: Callable[[float | None], Any] = selector.select
+        about_to_poll = timeline.about_to_poll
+        poll_returned = timeline.poll_returned
+
+        def select(timeout: float | None = None) -> Any:
+            about_to_poll(perf_counter())
+            try:
+                return original(timeout)
+            finally:
+                poll_returned(perf_counter())
+
+        selector.select = select
 
     @staticmethod
     def selector_of(loop: asyncio.AbstractEventLoop) -> Any:
@@ -38,33 +81,14 @@ class PollProbe:
             return None  # someone else wraps it already; do not stack on top
         return selector
 
-    def install(self) -> None:
-        original: Callable[[float | None], Any] = self._selector.select
-        timeline = self._timeline
-        floor = timeline.floor
+    def held_since(self) -> float | None:
+        return self._timeline.busy_since
 
-        def select(timeout: float | None = None) -> Any:
-            now = perf_counter()
-            timeline.busy_since = None
-            busy = now - timeline.stretch_start
-            if busy >= floor or timeline.ran:
-                timeline.close(now, busy)
-            else:  # the common, short stretch: the same bookkeeping, inlined
-                timeline.prev_seq = timeline.seq
-                timeline.prev_stretch_start = timeline.stretch_start
-                timeline.stretch_id += 1
-            try:
-                return original(timeout)
-            finally:
-                timeline.stretch_start = timeline.busy_since = perf_counter()
-
-        self._selector.select = select
-        self._installed = True
+    def beat(self, now: float, lateness: float) -> None:
+        """Polls are timed where they happen: the heartbeat has nothing to add."""
 
     def uninstall(self) -> None:
-        if self._installed:
-            self._installed = False
-            self._selector.__dict__.pop("select", None)
+        self._selector.__dict__.pop("select", None)
 
 
 class PreparePollProbe:
@@ -94,8 +118,7 @@ class PreparePollProbe:
         if handle is None:
             return False
         self._handle = handle
-        timeline = self._timeline
-        timeline.lazy_start = self.stretch_start
+        self._timeline.timed_by(exact=True, origin_previous=False, lazy_start=self.stretch_start)
         # uvloop refuses to close with a handle it does not know still open: close ours first.
         original_close = self._loop.close
 
@@ -113,29 +136,23 @@ class PreparePollProbe:
         return at + (self._libuv.idle_seconds() - idle)
 
     def held_since(self) -> float | None:
-        """The same from the watchdog thread: libuv counts a poll in progress as idle, so
-        while the loop polls this is about now, and while it is held it stays put."""
+        # From the watchdog thread: libuv counts a poll in progress as idle, so while the
+        # loop polls this is about now, and while it is held it stays put.
         with self._closing:
             if self._handle is None:
                 return None  # uninstalled, or the loop is closed: nothing to read any more
             return self.stretch_start()
+
+    def beat(self, now: float, lateness: float) -> None:
+        """Polls are timed where they happen: the heartbeat has nothing to add."""
 
     def _about_to_poll(self) -> None:
         try:
             now = perf_counter()
             idle = self._libuv.idle_seconds()
             at, last_idle = self._last
-            start = at + (idle - last_idle)
             self._last = (now, idle)
-            timeline = self._timeline
-            timeline.stretch_start = start
-            busy = now - start
-            if busy >= timeline.floor or timeline.ran:
-                timeline.close(now, busy)
-            else:
-                timeline.prev_seq = timeline.seq
-                timeline.prev_stretch_start = start
-                timeline.stretch_id += 1
+            self._timeline.about_to_poll(now, start=at + (idle - last_idle))
         except Exception:  # a callback from C must never raise
             self.errors += 1
 
@@ -143,20 +160,27 @@ class PreparePollProbe:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
-            self._timeline.lazy_start = None
+            self._timeline.timed_by(exact=True, origin_previous=False)
             self._loop.__dict__.pop("close", None)
 
 
 class HeartbeatProbe:
-    def __init__(self, timeline: Timeline, libuv: LibUV | None) -> None:
+    def __init__(self, timeline: Timeline, libuv: LibUV | None, interval: float = 0.010) -> None:
         self._timeline = timeline
         self._libuv = libuv
         self.name = "heartbeat+uv-idle" if libuv is not None else "heartbeat"
         self._last = perf_counter()
         self._last_idle = libuv.idle_seconds() if libuv is not None else 0.0
+        self.last_beat = self._last
+        self.interval = interval
+        timeline.timed_by(exact=False, origin_previous=False)
+
+    def held_since(self) -> float | None:
+        # A beat is due every interval: a loop that has not run it since is held.
+        return self.last_beat + self.interval
 
     def beat(self, now: float, lateness: float) -> None:
-        """Called by the heartbeat: the window since the previous beat is one stretch."""
+        """The window since the previous beat is one stretch."""
         window = now - self._last
         if self._libuv is not None:
             idle = self._libuv.idle_seconds()
@@ -164,10 +188,10 @@ class HeartbeatProbe:
             self._last_idle = idle
         else:
             busy = max(0.0, lateness)
-        self._last = now
+        self._last = self.last_beat = now
         timeline = self._timeline
-        timeline.close(now, busy)
-        timeline.open(now)
+        timeline.about_to_poll(now, start=now - busy)
+        timeline.poll_returned(now)
 
     def uninstall(self) -> None:
         """Nothing to undo: libuv has no call to switch its idle-time metric off."""

@@ -1,33 +1,121 @@
 """One request's time on the event loop: its steps, its status, what froze it.
 
-A ``RequestSpan`` stands between the task and the application's coroutine: the task resumes
-the span, the span resumes the application and times how long that step held the loop. It is
-both the awaitable and the ``send`` wrapper so a request costs one object, not a closure per
-hook. It runs on the loop thread only.
+``Steps`` stands between a task and a coroutine: the task resumes it, it resumes the
+coroutine and times how long that step held the loop. A request's own coroutine is timed by
+its ``RequestSpan`` (a ``Steps`` of itself, so a request costs one object); every task the
+request starts, directly or through its children, is timed by a ``Steps`` that adds to the
+same span (``tasks.py`` wraps them). A step that runs inside another timed step (an eager
+task's first step runs inside ``create_task``) is taken out of the outer one, so no second
+is counted twice. Everything here runs on the loop thread only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Coroutine, Generator
 from time import perf_counter
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from ._types import Message, Scope, Send
-from .routes import UNMATCHED, UNROUTED, RouteResolver
+from .routes import UNMATCHED, RouteResolver
+from .server_timing import with_server_timing
 
 if TYPE_CHECKING:
+    from .events import Frame
     from .timeline import Timeline
 
 
-class RequestSpan:
+class Steps:
+    """Times every step of one coroutine and hands it to the timeline for ``span``."""
+
+    __slots__ = ("_coro", "span", "started_by")
+
+    span: RequestSpan
+    started_by: Frame | None
+    """Where the request's code started this task (None for the request's own coroutine)."""
+
+    def __init__(self, span: RequestSpan, coro: Any, started_by: Frame | None = None) -> None:
+        self.span = span
+        self._coro = coro if hasattr(coro, "send") else coro.__await__()
+        self.started_by = started_by
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return self
+
+    def __iter__(self) -> Steps:
+        return self
+
+    def send(self, value: Any = None) -> Any:
+        span = self.span
+        timeline = span.timeline
+        outer = timeline.nested
+        timeline.nested = 0.0
+        began = perf_counter()
+        try:
+            return self._coro.send(value)
+        finally:
+            elapsed = perf_counter() - began
+            inner = timeline.nested
+            timeline.nested = outer + elapsed
+            timeline.step_ran(span, elapsed - inner)
+
+    __next__ = send
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        span = self.span
+        timeline = span.timeline
+        outer = timeline.nested
+        timeline.nested = 0.0
+        began = perf_counter()
+        try:
+            if val is None and tb is None:
+                return self._coro.throw(typ)
+            return self._coro.throw(typ, val, tb)  # pragma: no cover - pre-3.12 callers
+        finally:
+            elapsed = perf_counter() - began
+            inner = timeline.nested
+            timeline.nested = outer + elapsed
+            timeline.step_ran(span, elapsed - inner)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    # What asyncio and debuggers read off a task's coroutine (repr, get_stack, aiomonitor).
+    @property
+    def cr_frame(self) -> Any:
+        return getattr(self._coro, "cr_frame", None)
+
+    @property
+    def cr_await(self) -> Any:
+        return getattr(self._coro, "cr_await", None)
+
+    @property
+    def cr_code(self) -> Any:
+        return getattr(self._coro, "cr_code", None)
+
+    @property
+    def cr_running(self) -> bool:
+        return bool(getattr(self._coro, "cr_running", False))
+
+    @property
+    def __name__(self) -> str:
+        name = getattr(self._coro, "__qualname__", None) or getattr(self._coro, "__name__", None)
+        return name if isinstance(name, str) else type(self._coro).__name__
+
+
+Coroutine.register(Steps)  # asyncio.Task accepts what passes asyncio.iscoroutine()
+
+
+class RequestSpan(Steps):
+    """A request: its route, status and loop time; the ``Steps`` of its own coroutine."""
+
     __slots__ = (
-        "_coro",
         "_resolve",
         "_send",
         "base_seq",
         "busy",
-        "counted",
+        "done",
+        "folded",
         "longest",
         "own_long",
         "route",
@@ -40,129 +128,79 @@ class RequestSpan:
     )
 
     def __init__(
-        self,
-        timeline: Timeline,
-        scope: Scope,
-        send: Send,
-        resolve: RouteResolver,
-        now: float,
+        self, timeline: Timeline, scope: Scope, send: Send, resolve: RouteResolver
     ) -> None:
+        self.span = self
+        self.started_by = None
         self.timeline = timeline
         self.scope = scope
         self._send = send
         self._resolve = resolve
-        # The request's life starts when the loop read it. Under asyncio its first step runs
-        # in the stretch after the one in which the server read it and created its task;
-        # under uvloop, in the same one. Where polls are not timed: its first step.
-        if not timeline.exact:
-            self.start = now
-            self.base_seq = timeline.seq
-        elif timeline.origin_previous:
-            self.start = timeline.prev_stretch_start
-            self.base_seq = timeline.prev_seq
-        else:
-            self.start = timeline.current_start()
-            self.base_seq = timeline.seq
+        self.start, self.base_seq = timeline.origin()
         self.busy = 0.0
+        """Loop seconds of all the request's steps, its tasks' included."""
         self.longest = 0.0
+        """The longest of those steps: how long the request held the loop at once."""
         self.own_long = 0.0
+        """Seconds the request held the loop inside long stretches already logged."""
+        # The timeline's bookkeeping for the stretch in progress (see Timeline.step_ran).
         self.stretch_id = -1
         self.stretch_time = 0.0
-        self.counted = 0.0
+        self.folded = 0.0
         self.route: str | None = None
         self.status = 0
-        self._coro: Any = None
-
-    # -- the awaitable: each send/throw is one step of the application ---------------------
+        self.done = False
+        """Set when the response ended; tasks it started may still run and be charged."""
 
     def wrap(self, awaitable: Any) -> RequestSpan:
         self._coro = awaitable if type(awaitable) is CoroutineType else awaitable.__await__()
         return self
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        return self
-
-    def __iter__(self) -> RequestSpan:
-        return self
-
-    def __next__(self) -> Any:
-        return self.send(None)
-
-    def send(self, value: Any) -> Any:
-        began = perf_counter()
-        try:
-            return self._coro.send(value)
-        finally:
-            # _account, inlined: this runs on every step of every request.
-            seconds = perf_counter() - began
-            self.busy += seconds
-            if seconds > self.longest:
-                self.longest = seconds
-            timeline = self.timeline
-            if self.stretch_id == timeline.stretch_id:
-                self.stretch_time += seconds
-                if self.counted:
-                    timeline.ran.append(self)
-            else:
-                self.stretch_id = timeline.stretch_id
-                self.stretch_time = seconds
-                self.counted = 0.0
-                timeline.ran.append(self)
-
-    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
-        began = perf_counter()
-        try:
-            if val is None and tb is None:
-                return self._coro.throw(typ)
-            return self._coro.throw(typ, val, tb)  # pragma: no cover - pre-3.12 callers
-        finally:
-            self._account(perf_counter() - began)
-
-    def close(self) -> None:
-        self._coro.close()
-
-    def _account(self, seconds: float) -> None:
-        self.busy += seconds
-        if seconds > self.longest:
-            self.longest = seconds
-        timeline = self.timeline
-        if self.stretch_id == timeline.stretch_id:
-            self.stretch_time += seconds
-            if self.counted:
-                timeline.ran.append(self)  # folded already: fold the new part too
-        else:
-            self.stretch_id = timeline.stretch_id
-            self.stretch_time = seconds
-            self.counted = 0.0
-            timeline.ran.append(self)
 
     # -- the send wrapper: the status, nothing else ------------------------------------------
 
     def asgi_send(self, message: Message) -> Awaitable[None]:
         # A plain function returning the server's own awaitable: no coroutine of ours per send.
         if not self.status:
-            kind = message["type"]
-            if kind == "http.response.start" or kind == "websocket.http.response.start":
-                self.status = message["status"]
-            elif kind == "websocket.accept":
-                self.status = 101
-            elif kind == "websocket.close":
-                self.status = 403  # closed before accepting: the server answers 403
+            self._see(message)
         return self._send(message)
 
-    # -- labels --------------------------------------------------------------------------------
+    def asgi_send_timed(self, message: Message) -> Awaitable[None]:
+        """``asgi_send`` that also adds the ``Server-Timing`` header to the response start."""
+        if not self.status:
+            self._see(message)
+            if message.get("type") == "http.response.start":
+                message = with_server_timing(self, message, perf_counter())
+        return self._send(message)
+
+    def _see(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start" or kind == "websocket.http.response.start":
+            self.status = message["status"]
+        elif kind == "websocket.accept":
+            self.status = 101
+        elif kind == "websocket.close":
+            self.status = 403  # closed before accepting: the server answers 403
+
+    # -- the name --------------------------------------------------------------------------------
 
     def route_label(self) -> str:
+        """The request's one name, fixed the first time it is needed.
+
+        Before its router ran, the resolver predicts the route (Starlette's does, exactly);
+        a request it cannot name then is ``<unmatched>`` for good, so that a request never
+        has two names in the metrics.
+        """
+        route = self.route
+        if route is None:
+            route = self.route = self._resolve(self.scope) or UNMATCHED
+        return route
+
+    def victim_label(self) -> str:
+        """The name to show among a stall's victims, without fixing it if unknown yet."""
         route = self.route
         if route is None:
             route = self._resolve(self.scope)
             if route is None:
-                return UNROUTED
+                return UNMATCHED
             self.route = route
-        return route
-
-    def final_route(self) -> str:
-        route = self.route_label()
-        if route is UNROUTED:
-            self.route = route = UNMATCHED
         return route

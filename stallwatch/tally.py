@@ -1,6 +1,6 @@
 """Per-request metrics, counted on the loop thread and handed to prometheus-client in bulk.
 
-Three prometheus-client updates per request (two histograms and a counter, each taking a
+Three to five prometheus-client updates per request (two histograms and a counter, each taking a
 lock) cost more than everything else stallwatch does for a request. A ``Tally`` counts the
 same observations in plain lists on the loop thread and adds them to the real metric
 children every ``flush`` (the heartbeat flushes ten times a second, and every scrape served
@@ -16,7 +16,14 @@ it is not what it expects, so a future prometheus-client costs speed, never corr
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .routes import method_label
+
+if TYPE_CHECKING:
+    from .history import LoopHistory
+    from .metrics import Metrics
+    from .spans import RequestSpan
 
 
 def _bulk_ready(child: Any) -> bool:
@@ -72,9 +79,10 @@ class HistogramTally:
 class RequestTally:
     """Latency, longest hold and busy time of one (method, route, status)."""
 
-    __slots__ = ("_busy", "_busy_child", "duration", "hold", "pending")
+    __slots__ = ("_busy", "_busy_child", "duration", "hold", "pending", "route")
 
-    def __init__(self, duration: Any, hold: Any, busy: Any) -> None:
+    def __init__(self, route: str, duration: Any, hold: Any, busy: Any) -> None:
+        self.route = route
         self.duration = HistogramTally(duration)
         self.hold = HistogramTally(hold)
         self._busy_child = busy
@@ -87,12 +95,118 @@ class RequestTally:
         self._busy += busy
         self.pending = True
 
-    def flush(self) -> None:
+    def flush(self) -> float:
+        """Hand over what is pending; returns the busy seconds handed over."""
         if not self.pending:
-            return
+            return 0.0
         self.pending = False
         self.duration.flush()
         self.hold.flush()
-        if self._busy:
-            self._busy_child.inc(self._busy)
+        busy = self._busy
+        if busy:
+            self._busy_child.inc(busy)
             self._busy = 0.0
+        return busy
+
+
+class FrozenTally:
+    """Frozen seconds and frozen requests of one (victim route, culprit)."""
+
+    __slots__ = ("_requests", "_seconds", "requests", "seconds")
+
+    def __init__(self, seconds: Any, requests: Any) -> None:
+        self._seconds = seconds
+        self._requests = requests
+        self.seconds = 0.0
+        self.requests = 0
+
+    def flush(self) -> float:
+        seconds = self.seconds
+        if seconds:
+            self._seconds.inc(seconds)
+            self.seconds = 0.0
+        if self.requests:
+            self._requests.inc(self.requests)
+            self.requests = 0
+        return seconds
+
+
+def status_label(status: int, group: bool) -> str:
+    """The status code, or its class (``2xx``) where the app returns too many codes."""
+    return f"{status // 100}xx" if group else str(status)
+
+
+class RequestMetrics:
+    """Everything counted when a request ends, per label set, flushed in bulk (loop thread).
+
+    Label children are looked up once per label set, never per request: ``.labels()`` costs
+    more than the observation itself.
+    """
+
+    def __init__(self, metrics: Metrics, *, group_status: bool) -> None:
+        self._metrics = metrics
+        self._group = group_status
+        self._requests: dict[tuple[Any, str, int], RequestTally] = {}
+        self._frozen: dict[tuple[str, str], FrozenTally] = {}
+        self._pending = False
+
+    def add(
+        self,
+        method: Any,
+        route: str,
+        status: int,
+        duration: float,
+        span: RequestSpan,
+        frozen: dict[str, float] | None,
+        floor: float,
+    ) -> None:
+        key = (method, route, status)
+        tally = self._requests.get(key)
+        if tally is None:
+            tally = self._new_tally(key)
+        tally.add(duration, span.longest, span.busy)
+        if frozen:
+            for culprit, seconds in frozen.items():
+                pair = self._frozen.get((route, culprit))
+                if pair is None:
+                    metrics = self._metrics
+                    pair = self._frozen[(route, culprit)] = FrozenTally(
+                        metrics.frozen_seconds.labels(route, culprit),
+                        metrics.frozen_requests.labels(route, culprit),
+                    )
+                pair.seconds += seconds
+                if seconds >= floor:
+                    pair.requests += 1
+        self._pending = True
+
+    def _new_tally(self, key: tuple[Any, str, int]) -> RequestTally:
+        method, route, status = key
+        label = method if method == "WEBSOCKET" else method_label(method)
+        metrics = self._metrics
+        tally = self._requests[key] = RequestTally(
+            route,
+            metrics.request_duration.labels(label, route, status_label(status, self._group)),
+            metrics.loop_hold.labels(route),
+            metrics.loop_busy.labels(route),
+        )
+        return tally
+
+    def flush(self, late_busy: dict[str, float] | None, history: LoopHistory | None) -> None:
+        """Hand everything pending to prometheus-client, and the loop's recent history."""
+        if late_busy:  # tasks that outlived their request: their route's loop time
+            busy_metric = self._metrics.loop_busy
+            for route, seconds in late_busy.items():
+                busy_metric.labels(route).inc(seconds)
+                if history is not None:
+                    history.busy(route, seconds)
+        if not self._pending:
+            return
+        self._pending = False
+        for tally in self._requests.values():
+            busy = tally.flush()
+            if busy and history is not None:
+                history.busy(tally.route, busy)
+        for (route, culprit), pair in self._frozen.items():
+            seconds = pair.flush()
+            if seconds and history is not None:
+                history.frozen(route, culprit, seconds)

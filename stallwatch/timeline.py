@@ -1,12 +1,16 @@
 """Busy stretches of the event loop and who held the loop in each.
 
 A *busy stretch* is the time between two polls of the event loop: while it lasts, finished I/O,
-expired timers and new connections wait. The probe (``probes.py``) tells the timeline where
-stretches begin and end; request spans (``spans.py``) tell it which request ran in each. From
-the two the timeline knows, for every stretch longer than the floor, how many seconds each
-route held the loop; it keeps running totals of those seconds so that a finishing request can
-learn what froze it during its life from two snapshots, without a loop over stretches.
+expired timers and new connections wait. The probe (``probes.py``) tells the timeline when the
+loop is about to poll and when the poll returned; request steps (``spans.py``) tell it which
+request ran, for how long. From the two the timeline knows, for every stretch longer than the
+floor, how many seconds each route held the loop; it keeps running totals of those seconds so
+that a finishing request can learn what froze it during its life from two snapshots, without a
+loop over stretches.
 
+The timeline is the one owner of this state: the probe, the spans and the middleware change it
+only through the methods below. The per-stretch fields of a span (``stretch_id``,
+``stretch_time``, ``folded``, ``own_long``) are the timeline's, kept on the span for speed.
 Everything here runs on the loop thread only, so nothing is locked.
 """
 
@@ -17,10 +21,14 @@ from dataclasses import dataclass
 from time import perf_counter, process_time, thread_time
 from typing import TYPE_CHECKING
 
+from .decisions import victims
 from .events import BACKGROUND
 
 if TYPE_CHECKING:
     from .spans import RequestSpan
+
+ALLOWED_SHARE = 0.5
+"""A stall is *allowed* when code inside ``allow_blocking()`` held at least this share of it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +42,7 @@ class Stretch:
     victims: dict[str, int]  # route -> in-flight requests that did not run in it
     thread_cpu: float  # thread_time() of the loop thread at the end
     process_cpu: float  # process_time() at the end
+    allowed: bool = False
 
 
 class Timeline:
@@ -44,7 +53,6 @@ class Timeline:
         *,
         floor: float,
         threshold: float,
-        exact: bool,
         on_stall: Callable[[Stretch], None],
         history: int = 4096,
         clock: Callable[[], float] = perf_counter,
@@ -52,22 +60,23 @@ class Timeline:
         now = clock()
         self.floor = floor
         self.threshold = threshold
-        self.exact = exact
-        """True when stretches are timed at the poll itself, False when from the heartbeat."""
         self.on_stall = on_stall
-        self.stretch_start = now
-        self.lazy_start: Callable[[], float] | None = None
-        """Where the probe learns a stretch's start only on demand (uvloop): how to ask."""
-        self._start_id = -1
-        self.origin_previous = True
+        self.exact = False
+        """True when stretches are timed at the poll itself, False when from the heartbeat."""
+        self.origin_previous = False
         """A request's life starts with the previous stretch (asyncio: the server read it and
         created its task there) rather than the current one (uvloop: same iteration)."""
+        self._lazy_start: Callable[[], float] | None = None
+        self._start_id = -1
+        self.stretch_start = now
         self.prev_stretch_start = now
         self.busy_since: float | None = now
         """Start of the stretch in progress, None while polling: the watchdog's one read."""
         self.stretch_id = 0
         self.ran: list[RequestSpan] = []
         """Spans that ran in the stretch in progress (a span again if it ran after a fold)."""
+        self.nested = 0.0
+        """Seconds of timed steps inside the step in progress (spans.Steps keeps it)."""
         self.holders: dict[str, float] = {}
         self.held = 0.0
         self._cursor = 0
@@ -78,45 +87,134 @@ class Timeline:
         self._history = history
         self._ring: list[dict[str, float] | None] = [None] * history
         self._ring[0] = {}
+        self.late_busy: dict[str, float] = {}
+        """Loop seconds of tasks whose request has ended, by route, until the next flush."""
+        self._allowing = 0
+        self._allowed_since = 0.0
+        self._allowed = 0.0
+
+    def timed_by(
+        self, *, exact: bool, origin_previous: bool, lazy_start: Callable[[], float] | None = None
+    ) -> None:
+        """How the probe that feeds this timeline sees the loop (set once, at start)."""
+        self.exact = exact
+        self.origin_previous = origin_previous
+        self._lazy_start = lazy_start
 
     # -- fed by the probe -------------------------------------------------------------------
 
-    def close(self, end: float, busy: float) -> None:
-        """The loop is about to poll: the stretch that began at ``stretch_start`` ends."""
+    def about_to_poll(self, now: float, start: float | None = None) -> None:
+        """The loop is about to poll: the stretch in progress ends now (it began at ``start``
+        where the probe learns that only now)."""
+        self.busy_since = None
+        if start is None:
+            start = self.stretch_start
+        else:
+            self.stretch_start = start
+        busy = now - start
         self.prev_seq = self.seq
-        self.prev_stretch_start = self.stretch_start
+        self.prev_stretch_start = start
         if busy >= self.floor:
-            self._log(end, busy)
+            self._log(now, busy)
         elif self.ran:
             self._reset_holders()
+        if self._allowed:
+            self._allowed = 0.0
         self.stretch_id += 1
 
-    def open(self, start: float) -> None:
-        self.stretch_start = start
+    def poll_returned(self, now: float) -> None:
+        """The poll returned: a stretch begins."""
+        self.stretch_start = self.busy_since = now
 
     def current_start(self) -> float:
         """Start of the stretch in progress (loop thread)."""
-        lazy = self.lazy_start
+        lazy = self._lazy_start
         if lazy is not None and self._start_id != self.stretch_id:
             self._start_id = self.stretch_id
             self.stretch_start = lazy()
         return self.stretch_start
 
+    # -- fed by the spans -------------------------------------------------------------------
+
+    def origin(self) -> tuple[float, int]:
+        """Where a request that starts now begins its life: (perf_counter, seq).
+
+        Under asyncio its first step runs in the stretch after the one in which the server
+        read it and created its task; under uvloop, in the same one. Where polls are not
+        timed: its first step.
+        """
+        if not self.exact:
+            return perf_counter(), self.seq
+        if self.origin_previous:
+            return self.prev_stretch_start, self.prev_seq
+        return self.current_start(), self.seq
+
+    def step_ran(self, span: RequestSpan, seconds: float) -> None:
+        """One step of ``span``'s (or of a task it started) held the loop for ``seconds``."""
+        span.busy += seconds
+        if seconds > span.longest:
+            span.longest = seconds
+        if span.stretch_id == self.stretch_id:
+            span.stretch_time += seconds
+            if span.folded:
+                self.ran.append(span)  # folded already: fold the new part too
+        else:
+            span.stretch_id = self.stretch_id
+            span.stretch_time = seconds
+            span.folded = 0.0
+            self.ran.append(span)
+        if span.done:  # a task that outlived its request: its route still pays
+            route = span.route_label()
+            self.late_busy[route] = self.late_busy.get(route, 0.0) + seconds
+
+    def request_started(self, span: RequestSpan) -> None:
+        self.in_flight.add(span)
+
+    def request_ended(self, span: RequestSpan) -> None:
+        self.in_flight.discard(span)
+        span.done = True
+
+    def take_late_busy(self) -> dict[str, float]:
+        late = self.late_busy
+        if late:
+            self.late_busy = {}
+        return late
+
+    # -- fed by allow_blocking() -------------------------------------------------------------
+
+    def allow_began(self, now: float) -> None:
+        if not self._allowing:
+            self._allowed_since = now
+        self._allowing += 1
+
+    def allow_ended(self, now: float) -> None:
+        self._allowing -= 1
+        if not self._allowing:
+            self._allowed += now - max(self._allowed_since, self.current_start())
+
+    def _allowed_share(self, now: float, busy: float) -> float:
+        allowed = self._allowed
+        if self._allowing:
+            allowed += now - max(self._allowed_since, now - busy)
+        return allowed / busy if busy > 0 else 0.0
+
+    # -- the stretch's holders ----------------------------------------------------------------
+
     def _fold(self) -> None:
         """Add the steps run since the last fold to the stretch's holders.
 
         Each span in ``ran`` carries how much of its time in this stretch is folded already
-        (``counted``); a span that runs again after a fold is appended again. So every finishing
-        request folds only what is new: the cost stays linear in the steps of a stretch,
-        however many requests end inside it.
+        (``folded``); a span that runs again after a fold is appended again. So every
+        finishing request folds only what is new: the cost stays linear in the steps of a
+        stretch, however many requests end inside it.
         """
         ran = self.ran
         holders = self.holders
         for i in range(self._cursor, len(ran)):
             span = ran[i]
-            delta = span.stretch_time - span.counted
+            delta = span.stretch_time - span.folded
             if delta > 0.0:
-                span.counted = span.stretch_time
+                span.folded = span.stretch_time
                 route = span.route_label()
                 holders[route] = holders.get(route, 0.0) + delta
                 self.held += delta
@@ -135,9 +233,9 @@ class Timeline:
         self.holders = {}  # this stretch keeps the folded dict; the next one starts afresh
         held = self.held
         for span in self.ran:
-            if span.counted >= 0.0:  # once per span, though it may stand in ``ran`` twice
+            if span.folded >= 0.0:  # once per span, though it may stand in ``ran`` twice
                 span.own_long += span.stretch_time
-                span.counted = -1.0
+                span.folded = -1.0
         self._reset_holders()
         if busy > held:
             holders[BACKGROUND] = holders.get(BACKGROUND, 0.0) + busy - held
@@ -147,26 +245,21 @@ class Timeline:
         self.seq += 1
         self._ring[self.seq % self._history] = dict(totals)
         if busy >= self.threshold:
+            sid = self.stretch_id
             self.on_stall(
                 Stretch(
                     start=end - busy,
                     end=end,
                     duration=busy,
                     holders=holders,
-                    victims=self._victims(),
+                    victims=victims(
+                        (span.victim_label(), span.stretch_id == sid) for span in self.in_flight
+                    ),
                     thread_cpu=thread_time(),
                     process_cpu=process_time(),
+                    allowed=self._allowed_share(end, busy) >= ALLOWED_SHARE,
                 )
             )
-
-    def _victims(self) -> dict[str, int]:
-        sid = self.stretch_id
-        victims: dict[str, int] = {}
-        for span in self.in_flight:
-            if span.stretch_id != sid:
-                route = span.route_label()
-                victims[route] = victims.get(route, 0) + 1
-        return victims
 
     # -- read by spans ----------------------------------------------------------------------
 

@@ -3,13 +3,13 @@ each stall the loop reports at its end into a ``StallEvent``.
 
 It sleeps on a ``threading.Event`` until the earliest moment a stall could have begun, so an
 idle loop costs a few wake-ups per threshold. While the loop is held it samples every
-``sample_interval``. Its own errors are counted and logged once; it never stops for them.
+``sample_interval``. The evidence it gathers is weighed in ``decisions.py``. Its own errors
+are counted and logged once; it never stops for them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 import threading
 import time
@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from .events import BACKGROUND, Cause, StallEvent
+from .decisions import Evidence, culprits, decide_cause, samples_after_the_block
+from .events import Frame, StallEvent
 from .gcwatch import GC_WATCH
 from .sampling import RawStack, StackSampler, aggregate
 from .threadstats import ThreadStats
@@ -27,7 +28,8 @@ from .timeline import Stretch
 if TYPE_CHECKING:
     from .monitor import LoopMonitor
 
-logger = logging.getLogger("stallwatch")
+GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
+"""False on a free-threaded build, where no native call can keep the others off a GIL."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +37,13 @@ class _Sample:
     at: float
     stack: RawStack | None
     task: str | None
+    started_by: Frame | None
     on_lock: bool | None
 
 
-@dataclass(slots=True)
-class _Mark:
-    """CPU counters at a moment the loop was not stalled: the start of the next window."""
+@dataclass(frozen=True, slots=True)
+class _Counters:
+    """CPU counters at a moment the loop was not stalled: where the next window starts."""
 
     at: float
     thread_cpu: float | None
@@ -49,10 +52,10 @@ class _Mark:
 
 
 class Watchdog:
-    def __init__(self, monitor: LoopMonitor, loop_ident: int, loop_native_id: int) -> None:
+    def __init__(self, monitor: LoopMonitor, sampler: StackSampler, loop_native_id: int) -> None:
         self._monitor = monitor
-        self._sampler = StackSampler(loop_ident)
-        self._stats = ThreadStats(loop_ident, loop_native_id)
+        self._sampler = sampler
+        self._stats = ThreadStats(sampler.thread_id, loop_native_id)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._ended: deque[Stretch] = deque()
@@ -60,7 +63,7 @@ class Watchdog:
         # (intended, actual) of wake-ups that came late: the watchdog was held off in between
         self._late: deque[tuple[float, float]] = deque(maxlen=256)
         self._stopped: deque[float] = deque(maxlen=256)  # times the loop was seen stopped
-        self._mark = self._take_mark()
+        self._mark = self._counters()
         self._gauge_set = False
         self._sampled = 0
         self.max_late = max(0.010, 2 * sys.getswitchinterval())
@@ -132,7 +135,7 @@ class Watchdog:
         if self._gauge_set:
             monitor.metrics.stall_in_progress.set(0)
             self._gauge_set = False
-        self._mark = self._take_mark()
+        self._mark = self._counters()
         # Sleep until the earliest moment a stall could be under way: a stall that begins
         # just after this look is still caught within about one threshold of its start.
         if since is None:
@@ -142,20 +145,23 @@ class Watchdog:
     def _sample(self, now: float) -> None:
         stack = self._sampler.sample()
         task: str | None = None
+        started_by: Frame | None = None
         try:
             current = asyncio.current_task(self._monitor.loop)
             if current is not None:
                 task = current.get_name()
+                # A task a request started carries the line that started it (tasks.py).
+                started_by = getattr(current.get_coro(), "started_by", None)
         except RuntimeError:
             pass
         # Reading /proc lets the GIL go and costs a hand-off back: every fourth sample is
         # enough to tell a thread waiting on the GIL from one blocked in a call.
         self._sampled += 1
         on_lock = self._stats.waiting_on_lock() if self._sampled % 4 == 1 else None
-        self._samples.append(_Sample(now, stack, task, on_lock))
+        self._samples.append(_Sample(now, stack, task, started_by, on_lock))
 
-    def _take_mark(self) -> _Mark:
-        return _Mark(
+    def _counters(self) -> _Counters:
+        return _Counters(
             at=perf_counter(),
             thread_cpu=self._stats.cpu(),
             process_cpu=time.process_time(),
@@ -181,7 +187,7 @@ class Watchdog:
         if any(stretch.start <= t <= stretch.end for t in self._stopped):
             # The loop was stopped for part of it (between two run_until_complete calls):
             # not a stall, and whatever ran meanwhile was not on the loop.
-            self._mark = self._take_mark()
+            self._mark = self._counters()
             return None
         # A wake-up due just before the stretch began is held off by the same GIL holder:
         # what counts is that the watchdog was kept from running while the loop was held.
@@ -190,61 +196,47 @@ class Watchdog:
             max(0.0, min(woke, stretch.end) - max(due, stretch.start)) for due, woke in self._late
         )
         stacks = [s.stack for s in samples if s.stack is not None]
-        if held_for >= 0.5 * stretch.duration:
-            # Kept off the GIL for most of the stall, the watchdog could only sample after the
-            # native call returned (the loop thread slow to resume): that is not the block.
+        if samples_after_the_block(held_for, stretch.duration):
             stacks = []
         mark = self._mark
         window = max(stretch.end - mark.at, stretch.duration, 1e-9)
         cpu_ratio: float | None = None
         if mark.thread_cpu is not None:
             cpu_ratio = min(1.0, max(0.0, (stretch.thread_cpu - mark.thread_cpu) / window))
-        others = (stretch.process_cpu - mark.process_cpu) / window - (cpu_ratio or 0.0)
         wait_now = self._stats.run_queue_wait()
-        queued = (
-            (wait_now - mark.run_queue_wait) / window
-            if wait_now is not None and mark.run_queue_wait is not None
-            else None
-        )
         locks = [s.on_lock for s in samples if s.on_lock is not None]
-        on_lock = sum(locks) / len(locks) if locks else None
         gc_seconds = GC_WATCH.overlap(stretch.start, stretch.end)
-
-        cause: Cause = "blocking"
-        if gc_seconds >= 0.5 * stretch.duration:
-            cause = "gc"
-        elif (
-            cpu_ratio is not None
-            and cpu_ratio < 0.5
-            and (
-                (others >= 0.5 and (on_lock is None or on_lock >= 0.5))
-                or (queued is not None and queued >= 0.5)
-                # The watchdog was held off, but the loop thread barely ran: it did not hold
-                # the GIL in a native call, it waited (for the GIL or for a CPU) like the
-                # watchdog did.
-                or (not stacks and held_off)
+        cause = decide_cause(
+            Evidence(
+                duration=stretch.duration,
+                gc_seconds=gc_seconds,
+                loop_cpu=cpu_ratio,
+                others_cpu=(stretch.process_cpu - mark.process_cpu) / window - (cpu_ratio or 0.0),
+                queued=(
+                    (wait_now - mark.run_queue_wait) / window
+                    if wait_now is not None and mark.run_queue_wait is not None
+                    else None
+                ),
+                on_lock=sum(locks) / len(locks) if locks else None,
+                stacks=bool(stacks),
+                held_off=held_off,
+                gil=GIL,
             )
-        ):
-            cause = "starvation"
-        elif not stacks and held_off:
-            cause = "gil"
-
+        )
         # The next window starts where this one ended, with the loop thread's own readings.
-        self._mark = _Mark(stretch.end, stretch.thread_cpu, stretch.process_cpu, wait_now)
+        self._mark = _Counters(stretch.end, stretch.thread_cpu, stretch.process_cpu, wait_now)
 
-        total = stretch.duration
-        holders = sorted(stretch.holders.items(), key=lambda kv: kv[1], reverse=True)
-        culprits = {name: seconds / total for name, seconds in holders}
-        culprit = holders[0][0] if holders else BACKGROUND
+        culprit, shares = culprits(stretch.holders, stretch.duration)
         aggregated = aggregate(stacks)
-        top = self._sampler.top_user_frame(aggregated[0].frames) if aggregated else None
+        top = self._sampler.top_frame(aggregated[0].frames) if aggregated else None
         tasks = Counter(s.task for s in samples if s.task)
+        started = Counter(s.started_by for s in samples if s.started_by is not None)
         return StallEvent(
             started_at=time.time() - (perf_counter() - stretch.start),
-            duration=total,
+            duration=stretch.duration,
             cause=cause,
             culprit=culprit,
-            culprits=culprits,
+            culprits=shares,
             victims=dict(stretch.victims),
             top_frame=top,
             stacks=aggregated,
@@ -252,4 +244,6 @@ class Watchdog:
             task=tasks.most_common(1)[0][0] if tasks else None,
             gc_seconds=gc_seconds,
             loop_cpu_ratio=cpu_ratio,
+            allowed=stretch.allowed,
+            started_by=started.most_common(1)[0][0] if started else None,
         )

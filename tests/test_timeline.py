@@ -1,8 +1,8 @@
 """``Timeline``: busy stretches, who held the loop in each, and what that cost the others.
 
 Pure logic, no real time: a fake clock drives the timeline and the request spans, and the
-tests play the probe's part (``close`` when the loop is about to poll, ``open`` when the poll
-returns), as ``PollProbe`` does on the standard loop.
+tests play the probe's part (``about_to_poll``, then ``poll_returned``), as ``PollProbe`` does
+on the standard loop.
 """
 
 from __future__ import annotations
@@ -55,28 +55,27 @@ class Loop:
         self.timeline = Timeline(
             floor=FLOOR,
             threshold=THRESHOLD,
-            exact=True,
             on_stall=self.stalls.append,
             history=history,
             clock=clock,
         )
+        self.timeline.timed_by(exact=True, origin_previous=True)
 
     def poll(self, *, background: float = 0.0, idle: float = 0.001) -> None:
         """End the stretch in progress (after ``background`` seconds of other work), poll."""
         timeline = self.timeline
         self.clock.now += background
-        now = self.clock.now
-        timeline.close(now, now - timeline.stretch_start)
+        timeline.about_to_poll(self.clock.now)
         self.clock.now += idle
-        timeline.open(self.clock.now)
+        timeline.poll_returned(self.clock.now)
 
     def request(self, route: str, *steps: float) -> RequestSpan:
         """A request in flight, as the middleware registers it; its steps run on ``step``."""
         scope = {"type": "http", "method": "GET", "path": route}
-        span = RequestSpan(self.timeline, scope, _no_send, _by_path, self.clock.now)
+        span = RequestSpan(self.timeline, scope, _no_send, _by_path)
         coro: Coroutine[Any, Any, None] = _handler(self.clock, steps)
         span.wrap(coro)
-        self.timeline.in_flight.add(span)
+        self.timeline.request_started(span)
         self.spans.append(span)
         return span
 
@@ -85,7 +84,7 @@ class Loop:
             span.send(None)
 
     def finish(self, span: RequestSpan) -> dict[str, float] | None:
-        self.timeline.in_flight.discard(span)
+        self.timeline.request_ended(span)
         return self.timeline.frozen(span, self.clock.now)
 
     def close(self) -> None:

@@ -1,0 +1,50 @@
+"""Which loops are watched: one monitor per event loop, found from anywhere in the process."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .monitor import LoopMonitor
+
+_monitors: dict[int, LoopMonitor] = {}
+_lock = threading.Lock()
+_atexit_registered = False
+
+
+def get_monitor(loop: asyncio.AbstractEventLoop | None = None) -> LoopMonitor | None:
+    """The running monitor of ``loop`` (the running loop by default), or None."""
+    if loop is None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+    monitor = _monitors.get(id(loop))
+    return monitor if monitor is not None and monitor.loop is loop else None
+
+
+def claim(loop: asyncio.AbstractEventLoop, monitor: LoopMonitor) -> bool:
+    """Make ``monitor`` the one of ``loop``; False if another one watches it already."""
+    global _atexit_registered
+    with _lock:
+        if get_monitor(loop) is not None:
+            return False
+        _monitors[id(loop)] = monitor
+        if not _atexit_registered:
+            _atexit_registered = True
+            atexit.register(_stop_all)
+    return True
+
+
+def release(loop: asyncio.AbstractEventLoop | None, monitor: LoopMonitor) -> None:
+    with _lock:
+        if _monitors.get(id(loop)) is monitor:
+            del _monitors[id(loop)]
+
+
+def _stop_all() -> None:
+    for monitor in list(_monitors.values()):
+        monitor.stop()

@@ -1,0 +1,168 @@
+"""Every option stallwatch takes, declared and validated once.
+
+``LoopMonitor`` takes the ``MonitorOptions``; ``StallwatchMiddleware`` takes the
+``MiddlewareOptions`` and passes the rest through to the monitor it starts. Both are checked
+when they are built, so a wrong value fails where it is written, at start-up, with an error
+that names the option, never later inside a request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from .metrics import validate_buckets
+
+
+def _seconds(name: str, value: object, low: float, high: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{name} must be a number from {low} to {high} seconds, got {value!r}")
+
+
+def _flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def _registry(value: object) -> None:
+    if value is not None and not isinstance(value, CollectorRegistry):
+        raise TypeError(f"registry must be a prometheus_client CollectorRegistry, got {value!r}")
+
+
+def _buckets(name: str, value: Sequence[float] | None) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a sequence of numbers, got {value!r}")
+    try:
+        return validate_buckets(name, value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{name} must be positive, strictly increasing numbers, got {value!r}"
+        ) from None
+
+
+def _in_app(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (tuple, list)):
+        raise TypeError(f"in_app_include must be a tuple of module names or folders, got {value!r}")
+    if not all(isinstance(entry, str) and entry for entry in value):
+        raise TypeError(f"in_app_include entries must be non-empty strings, got {value!r}")
+    from . import sampling  # the sampler knows how a module name maps to its files
+
+    resolve: Callable[[tuple[str, ...]], tuple[str, ...]] | None = getattr(
+        sampling, "resolve_in_app", None
+    )
+    return resolve(tuple(value)) if resolve is not None else tuple(value)
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorOptions:
+    """How one event loop is watched (``LoopMonitor(**options)``)."""
+
+    interval: float = 0.010
+    """Heartbeat period: the resolution of the lag histogram."""
+    stall_threshold: float = 0.020
+    """A busy stretch at least this long is a stall: an event, a log line, a stack."""
+    floor: float = 0.001
+    """Shorter busy stretches freeze nobody: they cost no bookkeeping at all."""
+    sample_interval: float = 0.005
+    """How often the watchdog reads the loop thread's stack while the loop is held."""
+    history: int = 100
+    """How many stall events ``recent_stalls()`` and the report keep."""
+    registry: CollectorRegistry | None = None
+    lag_buckets: tuple[float, ...] | None = None
+    log_every: float = 10.0
+    log_burst: int = 5
+    """At most ``log_burst`` stall warnings at once, refilled over ``log_every`` seconds."""
+    in_app_include: tuple[str, ...] = ()
+    """Module names or folders whose files are the application's code even where they are
+    installed in site-packages (``("datasette",)``): the top frame is chosen among them."""
+
+    def __post_init__(self) -> None:
+        _seconds("interval", self.interval, 0.001, 10.0)
+        _seconds("stall_threshold", self.stall_threshold, 0.001, 60.0)
+        _seconds("floor", self.floor, 0.0, float(self.stall_threshold))
+        _seconds("sample_interval", self.sample_interval, 0.0005, 1.0)
+        _positive("history", self.history)
+        _positive("log_burst", self.log_burst)
+        _seconds("log_every", self.log_every, 0.001, 86400.0)
+        _registry(self.registry)
+        object.__setattr__(self, "lag_buckets", _buckets("lag_buckets", self.lag_buckets))
+        object.__setattr__(self, "in_app_include", _in_app(self.in_app_include))
+
+
+def _positive(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class MiddlewareOptions:
+    """What the middleware adds on top of the monitor: naming, exposition, the report."""
+
+    route_resolver: Callable[[Any], str | None] | None = None
+    """``scope -> template or None``; see docs/routes.md for when it is called."""
+    request_buckets: tuple[float, ...] | None = None
+    metrics_path: str | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    report: bool = False
+    """Serve the stall report (JSON and page) under ``report_path``: off by default."""
+    report_path: str = "/_stallwatch"
+    report_token: str | None = None
+    """When set, any client presenting ``Authorization: Bearer <token>`` may read the
+    report; when not, only loopback clients may."""
+    server_timing: bool = False
+    """Add ``Server-Timing: loop-hold;dur=…, loop-frozen;dur=…`` to every HTTP response."""
+    group_status: bool = False
+    """Label requests by status class (``2xx``) instead of code, for apps returning many."""
+
+    def __post_init__(self) -> None:
+        if self.route_resolver is not None and not callable(self.route_resolver):
+            raise TypeError(
+                f"route_resolver must be a callable scope -> str | None, "
+                f"got {self.route_resolver!r}"
+            )
+        object.__setattr__(
+            self, "request_buckets", _buckets("request_buckets", self.request_buckets)
+        )
+        _path("metrics_path", self.metrics_path)
+        port = self.metrics_port
+        if port is not None and (
+            not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535
+        ):
+            raise ValueError(f"metrics_port must be an integer 0-65535, got {port!r}")
+        if not isinstance(self.metrics_host, str) or not self.metrics_host:
+            raise TypeError(
+                f"metrics_host must be a host name or address, got {self.metrics_host!r}"
+            )
+        for name in ("report", "server_timing", "group_status"):
+            _flag(name, getattr(self, name))
+        _path("report_path", self.report_path)
+        if self.report_path is None or self.report_path == "/" or self.report_path.endswith("/"):
+            raise ValueError(
+                f"report_path must be a path like '/_stallwatch' (no trailing slash), "
+                f"got {self.report_path!r}"
+            )
+        token = self.report_token
+        if token is not None and (not isinstance(token, str) or not token.strip()):
+            raise ValueError("report_token must be a non-empty string or None")
+
+
+def _path(name: str, value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value.startswith("/")):
+        raise ValueError(f"{name} must be a path starting with '/', got {value!r}")
+
+
+MONITOR_OPTIONS = frozenset(f.name for f in fields(MonitorOptions))
+
+
+def monitor_options(owner: str, options: dict[str, Any]) -> MonitorOptions:
+    """``MonitorOptions`` from keyword arguments; an unknown name is a TypeError naming it."""
+    unknown = sorted(set(options) - MONITOR_OPTIONS)
+    if unknown:
+        raise TypeError(f"{owner} got unknown option(s): {', '.join(unknown)}")
+    return MonitorOptions(**options)

@@ -1,0 +1,55 @@
+"""The stall warning on the ``stallwatch`` logger: one line a stall, rate-limited."""
+
+from __future__ import annotations
+
+import logging
+from time import perf_counter
+
+from .events import StallEvent
+
+logger = logging.getLogger("stallwatch")
+
+
+def where(event: StallEvent) -> str:
+    """The line to name: the app's top frame, else the innermost frame sampled, else why not."""
+    if event.top_frame is not None:
+        return str(event.top_frame)
+    if event.stacks and event.stacks[0].frames:
+        return f"{event.stacks[0].frames[-1]} (no frame of the application's code)"
+    return "no stack sampled"
+
+
+class StallLog:
+    """A token bucket: ``burst`` lines at once, refilled over ``every`` seconds; what it holds
+    back is counted and said on the next line it lets through."""
+
+    def __init__(self, *, every: float, burst: int) -> None:
+        self._every = every
+        self._burst = burst
+        self._tokens = float(burst)
+        self._at = perf_counter()
+        self._suppressed = 0
+
+    def log(self, event: StallEvent) -> None:
+        now = perf_counter()
+        self._tokens = min(
+            float(self._burst), self._tokens + (now - self._at) * self._burst / self._every
+        )
+        self._at = now
+        if self._tokens < 1.0:
+            self._suppressed += 1
+            return
+        self._tokens -= 1.0
+        suppressed, self._suppressed = self._suppressed, 0
+        started = f" in a task started at {event.started_by}" if event.started_by else ""
+        logger.warning(
+            "event loop stalled for %.1f ms (%s%s) by %s at %s%s; victims in flight: %s%s",
+            event.duration * 1e3,
+            event.cause,
+            ", allowed" if event.allowed else "",
+            event.culprit,
+            where(event),
+            started,
+            ", ".join(f"{route} x{n}" for route, n in event.victims.items()) or "none",
+            f" ({suppressed} earlier stalls not logged)" if suppressed else "",
+        )
