@@ -18,6 +18,7 @@ import json
 import linecache
 import logging
 import os
+import sys
 import sysconfig
 import threading
 import time
@@ -29,9 +30,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from .events import BACKGROUND, Frame, StallEvent
-from .middleware import StallwatchMiddleware
-from .monitor import LoopMonitor, get_monitor
+from . import BACKGROUND, Frame, LoopMonitor, StallEvent, StallwatchMiddleware, get_monitor
 
 logger = logging.getLogger("stallwatch")
 
@@ -295,10 +294,9 @@ class TestClientRoutes:
         self._original: Any = None
 
     def install(self) -> None:
-        try:
-            from starlette import testclient
-        except ImportError:
-            return
+        # Only a TestClient the tests have imported already (collection imported them):
+        # importing it here would warn (httpx deprecation) and cost every other suite.
+        testclient = sys.modules.get("starlette.testclient")
         transport = getattr(testclient, "_TestClientTransport", None)
         original = getattr(transport, "__init__", None)
         if transport is None or original is None:
