@@ -258,8 +258,13 @@ def _spawn(kind: str, loop_kind: str, mode: str, seconds: float) -> subprocess.P
         sys.executable, "-m", "benchmarks.idle_cost", "--child", kind, "--loop", loop_kind,
         "--seconds", str(seconds), "--mode", mode,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    # --at REV: the children import stallwatch from the exported package, ahead of the
+    # checkout (cwd heads sys.path under ``python -m``, so it is the export too)
+    package = os.environ.get("BENCH_PACKAGE_DIR", "")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package, str(ROOT)) if p)}
+    return subprocess.Popen(
+        command, cwd=package or ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )
 
 
 def _collect(proc: subprocess.Popen[str]) -> dict[str, Any]:
@@ -475,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="idle and busy runs (60)")
     parser.add_argument("--block", type=float, default=0.5, help="block length, s (0.5)")
     parser.add_argument("--trials", type=int, default=7, help="pairs per block kind (7)")
+    parser.add_argument("--at", metavar="REV", help="measure stallwatch as committed at REV")
     parser.add_argument("--skip-idle", action="store_true")
     parser.add_argument("--skip-busy", action="store_true")
     parser.add_argument("--skip-stacks", action="store_true")
@@ -488,6 +494,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not 0.2 <= args.block <= 1.0:
         parser.error("--block must be from 0.2 to 1 second")
+    if args.at:
+        import tempfile
+
+        from benchmarks._servers import package_at
+
+        exported = package_at(args.at, Path(tempfile.mkdtemp(prefix="stallwatch-idle-")))
+        os.environ["BENCH_PACKAGE_DIR"] = str(exported)
+        print(f"children import stallwatch as committed at {args.at}: {exported}")
 
     logging.getLogger("stallwatch").setLevel(logging.ERROR)
     print_machine("stallwatch idle cost and stack capture")
