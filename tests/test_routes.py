@@ -9,7 +9,6 @@ and checks the prediction left the scope as it was. The end-to-end tests serve t
 from __future__ import annotations
 
 import asyncio
-import inspect
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +38,7 @@ from stallwatch.routes import (
     StarletteRoutes,
     default_resolver,
 )
-from tests.middleware_support import Metrics
+from tests.middleware_support import Metrics, poll
 from tests.servers import ROOT, uvicorn
 
 HERE = Path(__file__).parent
@@ -408,8 +407,7 @@ def test_the_fallback_reads_path_template_and_never_an_empty_one() -> None:
 # -- the examples of docs/routes.md are the code the tests run ---------------------------------
 
 
-def resolver_section(module: Any) -> str:
-    source = inspect.getsource(module)
+def resolver_section(source: str) -> str:
     start = source.index("# -- the resolver of docs/routes.md")
     end = source.index("# -- end of the resolver")
     return source[source.index("\n", start) + 1 : end].strip()
@@ -417,9 +415,10 @@ def resolver_section(module: Any) -> str:
 
 @pytest.mark.parametrize("name", ["routes_datasette", "routes_django"])
 def test_the_docs_show_the_resolvers_the_tests_run(name: str) -> None:
-    module = __import__(f"tests.apps.{name}", fromlist=["app"])
+    # Read, not imported: the Django app configures Django for its whole process.
+    source = (HERE / "apps" / f"{name}.py").read_text()
     docs = (ROOT / "docs" / "routes.md").read_text()
-    assert resolver_section(module) in docs
+    assert resolver_section(source) in docs
 
 
 # -- end to end: real uvicorn, real /metrics ----------------------------------------------------
@@ -490,21 +489,26 @@ def test_metrics_of_every_framework_name_templates_never_raw_paths(framework: st
     target = f"tests.apps.routes_{framework}:app"
     with (
         uvicorn(target, args=["--loop", "asyncio"], ready_path="/metrics") as base,
-        httpx.Client(base_url=base) as client,
+        httpx.Client(base_url=base, timeout=10.0) as client,
     ):
         for path in REQUESTS_OF[framework]:
             client.get(path)
-        text = client.get("/metrics").text
+        if framework == "starlette":
+            # ?block=60 held the loop in a user middleware before the router ran: the stall
+            # is charged to the route the router then selected, whatever its cause was.
+            def stalled() -> str | None:
+                text = client.get("/metrics").text
+                found = Metrics(text).labelsets("stallwatch_event_loop_stalls_total")
+                culprits = {labels["culprit"] for labels in found}
+                return text if "/a/items/{item_id:int}" in culprits else None
+
+            text = poll(stalled, "a stall charged to /a/items/{item_id:int}", timeout=5.0)
+        else:
+            text = client.get("/metrics").text
     metrics = Metrics(text)
     duration = "stallwatch_http_request_duration_seconds_count"
     assert {labels["route"] for labels in metrics.labelsets(duration)} == ROUTES_OF[framework]
     assert metrics.value(duration, method="GET", route="/", status="200") == 1
     # No series anywhere carries a raw path or the internal name of a request not yet routed.
-    allowed = ROUTES_OF[framework] | {"<background>"}
-    assert set(ROUTE_LABEL.findall(text)) <= allowed
+    assert set(ROUTE_LABEL.findall(text)) <= ROUTES_OF[framework] | {"<background>"}
     assert "<unrouted>" not in text
-    if framework == "starlette":
-        # ?block=60 held the loop in a user middleware before the router ran: the stall is
-        # charged to the route the router then selected.
-        stalls = metrics.by("stallwatch_event_loop_stalls_total", "culprit", cause="blocking")
-        assert stalls.get("/a/items/{item_id:int}", 0) >= 1, text

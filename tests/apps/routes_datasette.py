@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 import sqlite3
 import tempfile
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 from datasette.app import Datasette
 
@@ -29,7 +31,7 @@ DATASETTE_ROUTES = [
 ]
 
 
-def datasette_routes(scope: dict[str, object]) -> str | None:
+def datasette_routes(scope: MutableMapping[str, Any]) -> str | None:
     path = str(scope["path"])
     root = str(scope.get("root_path", ""))
     if root and path.startswith(root):

@@ -6,6 +6,9 @@ asks Django's own URL resolver (cached by Django) for the matched pattern.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+from typing import Any
+
 import django
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -28,7 +31,7 @@ from stallwatch import StallwatchMiddleware  # noqa: E402
 
 
 # -- the resolver of docs/routes.md ------------------------------------------------------------
-def django_routes(scope: dict[str, object]) -> str | None:
+def django_routes(scope: MutableMapping[str, Any]) -> str | None:
     path = str(scope["path"])
     root = str(scope.get("root_path", ""))
     if root and path.startswith(root):
@@ -37,7 +40,7 @@ def django_routes(scope: dict[str, object]) -> str | None:
         match = resolve(path)
     except Resolver404:
         return None
-    return "/" + match.route  # the pattern, includes joined: "api/users/<str:name>"
+    return "/" + str(match.route)  # the pattern, includes joined: "api/users/<str:name>"
 
 
 # -- end of the resolver -----------------------------------------------------------------------
