@@ -1,0 +1,140 @@
+"""The report page in a real browser: headless Chromium against the demo in blocking mode.
+
+The demo gets a few bounded concurrent requests; the page, opened as a developer opens it,
+must render from its own JSON (no external request, its strict CSP respected), put the demo's
+blocking line first among the offenders, expand its stack on a click, and draw the lag chart.
+Set ``STALLWATCH_SCREENSHOT=docs/report.png`` to keep the screenshot it takes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.apps.report_app import DEMO_ENV, DEMO_TARGET, demo_blocking_line, put_load
+from tests.servers import ROOT, uvicorn
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
+    if missing:
+        pytest.fail(
+            f"{', '.join(missing)} not found: bash .ci/install-browser.sh installs Debian's "
+            "chromium and chromium-driver",
+            pytrace=False,
+        )
+    profile = tempfile.mkdtemp(prefix="stallwatch-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+        "--window-size=1400,1500",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[str]:
+    with uvicorn(DEMO_TARGET, env=DEMO_ENV, ready_path="/ping") as base:
+        put_load(base)
+        deadline = time.monotonic() + 10.0
+        while httpx.get(f"{base}/_stallwatch/api/summary").json()["stalls"] < 5:
+            assert time.monotonic() < deadline, "the demo in blocking mode did not stall"
+            time.sleep(0.1)
+        put_load(base, clients=3, requests=6)  # the chart's latest seconds have load too
+        yield base
+
+
+def test_the_page_names_the_demos_blocking_line_first(browser: WebDriver, demo: str) -> None:
+    browser.get(f"{demo}/_stallwatch")  # without the slash: redirected to the page
+    wait = WebDriverWait(browser, 20)
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded"))
+    assert browser.current_url == f"{demo}/_stallwatch/"
+    assert browser.title.startswith("stallwatch")
+
+    rows = browser.find_elements(By.CSS_SELECTOR, "#offenders tbody tr")
+    assert rows, "no offenders shown"
+    top = rows[0]
+    assert (top.get_attribute("data-location") or "").endswith(demo_blocking_line())
+    assert "/cache/{key}" in top.text
+    assert browser.find_element(By.ID, "offenders-empty").is_displayed() is False
+    assert browser.find_element(By.ID, "c-top").text.endswith(demo_blocking_line())
+
+    # A click on the location opens its stack, the blocking line highlighted last.
+    top.find_element(By.CSS_SELECTOR, "details summary").click()
+    stack = top.find_element(By.CSS_SELECTOR, "div.stack")
+    assert stack.is_displayed()
+    assert stack.find_element(By.TAG_NAME, "b").text.endswith(demo_blocking_line())
+    assert "in get_cache" in stack.text
+
+    # The chart has its p99 line, the threshold and the stall dots; the tables have rows.
+    chart = browser.find_element(By.ID, "chart")
+    assert chart.find_element(By.TAG_NAME, "path").get_attribute("d")
+    assert chart.find_elements(By.TAG_NAME, "circle"), "no stall marked on the chart"
+    routes = browser.find_elements(By.CSS_SELECTOR, "#routes tbody tr")
+    assert any("/cache/{key}" in r.text for r in routes)
+    frozen = browser.find_element(By.ID, "frozen")
+    assert "/ping" in frozen.text
+    causes = browser.find_elements(By.CSS_SELECTOR, "#causes tbody tr")
+    assert causes
+    assert browser.find_elements(By.CSS_SELECTOR, "#recent tbody tr")
+    assert browser.find_element(By.ID, "status").text == "watching the loop"
+
+    # It refreshes itself, and a refresh keeps the opened stack open.
+    loads = int(browser.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") or 0)
+    wait.until(
+        lambda d: int(d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") or 0) > loads
+    )
+    opened = browser.find_elements(By.CSS_SELECTOR, "#offenders tbody tr:first-child details")
+    assert opened[0].get_attribute("open") is not None
+
+    # Nothing was blocked by the page's CSP or fetched from elsewhere: no console errors.
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []
+    resources = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    assert resources
+    assert all(url.startswith(demo + "/_stallwatch/api/") for url in resources), resources
+
+    shot = os.environ.get("STALLWATCH_SCREENSHOT")
+    target = Path(shot) if shot else Path(tempfile.mkdtemp()) / "report.png"
+    if not target.is_absolute():
+        target = ROOT / target
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1400, max(900, int(height) + 40))
+    assert browser.save_screenshot(str(target))
+    assert target.stat().st_size > 20_000
