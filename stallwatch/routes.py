@@ -97,7 +97,7 @@ class _Tree:
                 # A router that FastAPI includes whole: its routes, in order, with the prefix.
                 nodes.extend(self._walk_included(route, prefix, depth + 1))
                 continue
-            node = self._node(route, route, prefix, depth)
+            node = self._node(route, prefix, depth)
             if node is not None:
                 nodes.append(node)
         return tuple(nodes)
@@ -111,7 +111,7 @@ class _Tree:
                 nodes.extend(self._walk_included(candidate, prefix, depth + 1))
             elif getattr(candidate, "starlette_route", None) is not None:
                 route = candidate.starlette_route
-                node = self._node(route, route, prefix, depth)
+                node = self._node(route, prefix, depth)
                 if node is not None:
                     nodes.append(node)
             elif isinstance(getattr(candidate, "path", None), str) and candidate.path_regex:
@@ -122,7 +122,7 @@ class _Tree:
                 self._seen(candidate, prefix, template)
         return nodes
 
-    def _node(self, route: Any, key: Any, prefix: str, depth: int) -> _Node | None:
+    def _node(self, route: Any, prefix: str, depth: int) -> _Node | None:
         kinds = _starlette_kinds()
         path = getattr(route, "path", None)
         kind = kinds.get(getattr(type(route), "matches", None), _OTHER)
@@ -131,22 +131,22 @@ class _Tree:
             nodes = self._walk(children, prefix, depth + 1) if children is not None else None
             template = prefix + path if isinstance(path, str) and nodes is None else None
             if nodes is not None:
-                self._seen(key, prefix, None)
+                self._seen(route, prefix, None)
             elif template is not None:
-                self._seen(key, prefix, template)
+                self._seen(route, prefix, template)
             return _Node(_OTHER, route, template, nodes)
         if not isinstance(path, str) or getattr(route, "path_regex", None) is None:
             return None
         if kind == _MOUNT:
             children = _routes_of(route)
             if children is not None:
-                self._seen(key, prefix, None)
+                self._seen(route, prefix, None)
                 return _Node(_MOUNT, route, None, self._walk(children, prefix + path, depth + 1))
             # An opaque app (static files, another framework) is named by its mount path.
             template = prefix + path or "/"
-            self._seen(key, prefix + path, template)
+            self._seen(route, prefix + path, template)
             return _Node(_MOUNT, route, template)
-        self._seen(key, prefix, prefix + path)
+        self._seen(route, prefix, prefix + path)
         return _Node(kind, route, prefix + path)
 
     def _seen(self, key: Any, consumed: str, template: str | None) -> None:
