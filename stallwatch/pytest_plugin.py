@@ -38,6 +38,9 @@ DEFAULT_THRESHOLD = 0.020
 """Stalls shorter than this are not recorded, unless a limit in the run is lower."""
 SETTLE_TIMEOUT = 1.0
 """How long a test's report waits for the watchdogs to turn ended stalls into events."""
+FAILING_CAUSES = frozenset({"blocking", "gil"})
+"""Code on the loop held it. ``starvation`` (a loaded CI machine, other threads) and ``gc``
+are reported, never failed on: they are not the line the stack names."""
 _DISPATCH = ("events.py", "base_events.py", "runners.py")
 _SELF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
 _STDLIB = tuple(os.path.join(sysconfig.get_paths()[key], "") for key in ("stdlib", "platstdlib"))
@@ -67,6 +70,11 @@ def overlaps(event: StallEvent, start: float, stop: float) -> bool:
 
 def is_allowed(event: StallEvent) -> bool:
     return bool(getattr(event, "allowed", False))
+
+
+def fails(event: StallEvent, limit: float) -> bool:
+    """Whether a stall fails a test whose limit is ``limit`` (``allow_stall`` aside)."""
+    return event.duration > limit and event.cause in FAILING_CAUSES and not is_allowed(event)
 
 
 def relative(filename: str, root: Path) -> str:
@@ -152,7 +160,10 @@ def failure_text(over: Sequence[StallEvent], limit: float, root: Path, phase: st
     return "\n".join(lines)
 
 
-def stall_record(event: StallEvent, phase: str, limit: float | None, root: Path) -> dict[str, Any]:
+def stall_record(
+    event: StallEvent, phase: str, limit: float | None, root: Path, *, opted_out: bool = False
+) -> dict[str, Any]:
+    """One stall in the JSON report; ``fails``: it failed (or would fail) its test."""
     started_by = getattr(event, "started_by", None)
     return {
         "phase": phase,
@@ -164,6 +175,7 @@ def stall_record(event: StallEvent, phase: str, limit: float | None, root: Path)
         "started_by": where(started_by, root) if started_by is not None else None,
         "allowed": is_allowed(event),
         "over_limit": limit is not None and event.duration > limit,
+        "fails": limit is not None and not opted_out and fails(event, limit),
     }
 
 
@@ -409,11 +421,11 @@ class StallwatchPlugin:
         self.windows.append((call.start, call.stop, item.nodeid, call.when))
         mine = self._attribute(self.watcher.harvest(), call.start, call.stop)
         for event in mine:
-            test.stalls.append(stall_record(event, call.when, test.limit, self.root))
+            test.stalls.append(self._record(test, event, call.when))
         limit = test.limit
         if limit is None or test.allow_stall:
             return
-        over = [e for e in mine if e.duration > limit and not is_allowed(e)]
+        over = [e for e in mine if fails(e, limit)]
         if not over:
             return
         text = failure_text(over, limit, self.root, call.when)
@@ -442,9 +454,12 @@ class StallwatchPlugin:
         for start, stop, nodeid, phase in reversed(self.windows[:-1]):
             if overlaps(event, start, stop):
                 test = self.tests[nodeid]
-                test.stalls.append(stall_record(event, phase, test.limit, self.root))
+                test.stalls.append(self._record(test, event, phase))
                 return
         self.outside.append(stall_record(event, "outside", self.run_limit, self.root))
+
+    def _record(self, test: TestStalls, event: StallEvent, phase: str) -> dict[str, Any]:
+        return stall_record(event, phase, test.limit, self.root, opted_out=test.allow_stall)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.watcher is None:
@@ -470,7 +485,8 @@ class StallwatchPlugin:
                 "loops_watched": self.watcher.loops if self.watcher else 0,
                 "stalls": len(stalls),
                 "allowed": sum(s["allowed"] for s in stalls),
-                "over_limit": sum(s["over_limit"] and not s["allowed"] for s in stalls),
+                "over_limit": sum(s["over_limit"] for s in stalls),
+                "failing": sum(s["fails"] for s in stalls),
                 "stall_ms": round(sum(s["duration_ms"] for s in stalls), 3),
             },
             "tests": [

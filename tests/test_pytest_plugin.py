@@ -312,11 +312,22 @@ def test_allowed_stalls_stay_green_and_the_report_shows_them(
             " at test_expected.py:* in slow_start during setup; limit 50 ms"
         ]
     )
-    result.stdout.fnmatch_lines([f"stallwatch: 6 stall(s) *; report: {report_path}"])
+    result.stdout.fnmatch_lines(
+        [
+            "stallwatch: * stall(s) over * ms (2 allowed) on * loop(s);"
+            f" 2 test(s) failed on a stall; report: {report_path}"
+        ]
+    )
 
     report = json.loads(report_path.read_text())
-    tests = {t["nodeid"].split("::")[1]: t for t in report["tests"]}
-    assert set(tests) == {
+    assert report["limit_ms"] == 50.0
+    assert report["stall_threshold_ms"] <= 25.0
+    # Each test's sleep; a loaded machine may add short stalls of its own, never these.
+    tests = {
+        t["nodeid"].split("::")[1]: [s for s in t["stalls"] if s["duration_ms"] >= SLEEP_MS]
+        for t in report["tests"]
+    }
+    assert {name for name, stalls in tests.items() if stalls} == {
         "test_lenient_marker",
         "test_opted_out",
         "test_allow_blocking_in_the_endpoint",
@@ -324,21 +335,18 @@ def test_allowed_stalls_stay_green_and_the_report_shows_them(
         "test_block",
         "test_with_a_blocking_fixture",
     }
-    assert report["limit_ms"] == 50.0
-    assert report["stall_threshold_ms"] <= 25.0
-    assert report["totals"]["stalls"] == 6
-    assert report["totals"]["allowed"] == 2
-    assert report["totals"]["tests_failed"] == 2
-    # Over its test's limit and not allowed: the failing test's, the fixture's, and the
-    # opted-out test's (reported, never failed on).
-    assert report["totals"]["over_limit"] == 3
-    assert tests["test_lenient_marker"]["limit_ms"] == 2000.0
-    assert tests["test_lenient_marker"]["stalls"][0]["over_limit"] is False
+    assert all(len(stalls) <= 1 for stalls in tests.values())
+    totals = report["totals"]
+    assert totals["stalls"] >= 6
+    assert totals["allowed"] == 2
+    assert totals["tests_failed"] == 2
+    assert totals["failing"] == 2  # the failing test's and the fixture's
+    assert totals["over_limit"] >= 5  # and the opted-out, allowed ones: over, not failing
+    by_name = {t["nodeid"].split("::")[1]: t for t in report["tests"]}
 
-    opted_out = tests["test_opted_out"]
-    assert opted_out["allow_stall"] is True
-    assert opted_out["failed"] is False
-    (stall,) = opted_out["stalls"]
+    (stall,) = tests["test_opted_out"]
+    assert by_name["test_opted_out"]["allow_stall"] is True
+    assert by_name["test_opted_out"]["failed"] is False
     assert stall["phase"] == "call"
     assert stall["cause"] == "blocking"
     assert stall["culprit"] == "/block"
@@ -346,16 +354,23 @@ def test_allowed_stalls_stay_green_and_the_report_shows_them(
     assert stall["top_frame"] == f"app_under_test.py:{line} in block"
     assert stall["allowed"] is False
     assert stall["over_limit"] is True
-    assert SLEEP_MS <= stall["duration_ms"] < 10 * SLEEP_MS
+    assert stall["fails"] is False
+    assert stall["duration_ms"] < 10 * SLEEP_MS
+
+    (lenient,) = tests["test_lenient_marker"]
+    assert by_name["test_lenient_marker"]["limit_ms"] == 2000.0
+    assert lenient["over_limit"] is False
 
     for name in ("test_allow_blocking_in_the_endpoint", "test_allow_blocking_as_a_decorator"):
-        (allowed,) = tests[name]["stalls"]
+        (allowed,) = tests[name]
         assert allowed["allowed"] is True
-        assert tests[name]["failed"] is False
-    assert tests["test_allow_blocking_in_the_endpoint"]["stalls"][0]["culprit"] == "/expected"
+        assert allowed["fails"] is False
+        assert by_name[name]["failed"] is False
+    assert tests["test_allow_blocking_in_the_endpoint"][0]["culprit"] == "/expected"
 
-    (setup,) = tests["test_with_a_blocking_fixture"]["stalls"]
+    (setup,) = tests["test_with_a_blocking_fixture"]
     assert setup["phase"] == "setup"
+    assert setup["fails"] is True
     fixture_line = line_of(suite.path / "test_expected.py", "# fixture blocks here")
     assert setup["top_frame"] == f"test_expected.py:{fixture_line} in slow_start"
 
