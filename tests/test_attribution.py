@@ -28,6 +28,17 @@ IN_FLIGHT = 3
 VICTIM = "/items/{item_id}"
 APP = AppSpec("attribution", "tests.apps.attribution_app:app", "/metrics")
 
+STARTED_IN = {
+    "/shape/gather": "gather",
+    "/shape/create_task": "create_task",
+    "/shape/taskgroup": "taskgroup",
+    "/shape/anyio": "anyio_group",
+    "/shape/nested": "parent",  # the grandchild was started by the child
+    "/shape/fire": "fire",
+}
+"""The function of the app that started the task which blocked, for the event's ``started_by``
+(a streaming body's task is started by Starlette, not by the app)."""
+
 SHAPES = [
     "/shape/gather",
     "/shape/create_task",
@@ -121,6 +132,11 @@ def assert_attributed(server: Server, shape: str) -> None:
     assert shape not in stall["victims"], stall["victims"]
     assert stall["victims"] == {VICTIM: IN_FLIGHT}
     assert blocked - 0.001 <= stall["duration"] <= blocked + max(0.005, 0.05 * blocked)
+    assert stall["top_frame"].endswith("in block_sleep"), stall["top_frame"]
+    if shape in STARTED_IN:
+        location, function = stall["started_by"].rsplit(" in ", 1)
+        assert location.split(":")[0].endswith("attribution_app.py"), stall["started_by"]
+        assert function == STARTED_IN[shape]
 
     # The culprit request waited only on its own tasks: none of that is frozen time.
     own = frozen_by(after, shape, shape) - frozen_by(before, shape, shape)
