@@ -39,6 +39,7 @@ from stallwatch.sampling import (
 )
 
 FAKE_SITE = Path(__file__).parent / "fakelib" / "site-packages"
+FAKEDEEP = str(FAKE_SITE / "fakedeep" / "__init__.py")
 LONG = 10.0
 """Upper bound on any wait, far above what a loaded machine needs."""
 
@@ -49,7 +50,9 @@ Held = Callable[[threading.Event, threading.Event], Coroutine[Any, Any, None]]
 def fakedeep(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """The fake library, importable from a ``site-packages`` folder on ``sys.path``."""
     monkeypatch.syspath_prepend(str(FAKE_SITE))
-    return importlib.import_module("fakedeep")
+    module = importlib.import_module("fakedeep")
+    assert module.__file__ == FAKEDEEP
+    return module
 
 
 @pytest.fixture
@@ -75,7 +78,7 @@ def sample_held_loop(
     holds that thread, samples its stack from this one, as the watchdog does."""
     ready, release = threading.Event(), threading.Event()
     thread = threading.Thread(target=lambda: asyncio.run(request(ready, release)), name="held")
-    holding = line_of("fakedeep: holds the thread", fakedeep.__file__)
+    holding = line_of("fakedeep: holds the thread", FAKEDEEP)
     thread.start()
     try:
         assert ready.wait(LONG), "the loop thread never reached the hold"
@@ -106,7 +109,7 @@ def test_a_block_deep_in_a_library_is_named_by_the_app_line_that_called_it(
 
     sampler, frames = sample_held_loop(fakedeep, request)
 
-    library = [f for f in frames if f.filename == fakedeep.__file__]
+    library = [f for f in frames if f.filename == FAKEDEEP]
     assert len(library) == 61, "the whole stack is read: 60 recursion frames and the hold"
     assert sampler.top_frame(frames) == Frame(
         __file__, line_of("calls into fakedeep, 60 frames deep"), "request"
@@ -120,7 +123,7 @@ def test_in_app_include_makes_an_installed_package_the_app(fakedeep: ModuleType)
     sampler, frames = sample_held_loop(fakedeep, request, in_app_include=("fakedeep",))
 
     assert sampler.top_frame(frames) == Frame(
-        fakedeep.__file__, line_of("fakedeep: holds the thread", fakedeep.__file__), "hold"
+        FAKEDEEP, line_of("fakedeep: holds the thread", FAKEDEEP), "hold"
     )
 
 
@@ -135,7 +138,7 @@ def test_a_2000_frame_recursion_is_cut_in_the_middle_and_keeps_both_ends(
     assert len(frames) == MAX_FRAMES
     cuts = [n for n, f in enumerate(frames) if f.filename == OMITTED]
     assert len(cuts) == 1
-    kept = sum(f.filename == fakedeep.__file__ for f in frames)
+    kept = sum(f.filename == FAKEDEEP for f in frames)
     assert omitted(frames[cuts[0]]) == 2001 - kept, "every left-out frame is counted"
     # The outermost end: the thread's bootstrap, the loop's dispatch, the app's request.
     assert frames[0].function == "_bootstrap"
@@ -246,7 +249,7 @@ def test_libraries_the_standard_library_and_stallwatch_are_not_the_app(
 ) -> None:
     sampler = StackSampler(threading.get_ident())
     assert sampler.is_app(__file__)
-    assert not sampler.is_app(fakedeep.__file__)
+    assert not sampler.is_app(FAKEDEEP)
     assert not sampler.is_app(asyncio.__file__)
     assert not sampler.is_app(stallwatch.sampling.__file__)
     assert not sampler.is_app(anyio.__file__)
@@ -275,7 +278,7 @@ def test_the_deeper_of_a_library_folder_and_an_included_folder_decides(
     project = FAKE_SITE.parent  # as if the app's folder held its own site-packages (a venv)
     sampler = StackSampler(threading.get_ident(), in_app_include=(str(project),))
     assert sampler.is_app(str(project / "tool.py"))
-    assert not sampler.is_app(fakedeep.__file__)
+    assert not sampler.is_app(FAKEDEEP)
 
 
 # -- in_app_include -------------------------------------------------------------------------
@@ -410,7 +413,7 @@ def test_started_by_looks_only_a_few_frames_up(fakedeep: ModuleType) -> None:
     assert task_origins(too_deep) == [None]
     # Once the library is the app's, its own line is the answer.
     assert task_origins(too_deep, in_app_include=("fakedeep",)) == [
-        Frame(fakedeep.__file__, line_of("fakedeep: starts a task", fakedeep.__file__), "spawn")
+        Frame(FAKEDEEP, line_of("fakedeep: starts a task", FAKEDEEP), "spawn")
     ]
 
 
