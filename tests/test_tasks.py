@@ -194,7 +194,8 @@ def test_tasks_outside_any_request_are_left_alone() -> None:
             monitor.stop()
 
     coro, text = asyncio.run(main())
-    assert asyncio.iscoroutine(coro) and not isinstance(coro, Steps)
+    assert asyncio.iscoroutine(coro)
+    assert not isinstance(coro, Steps)
     assert "plain" in text
 
 
