@@ -204,7 +204,8 @@ class LoopHistory:
             frozen = [dict(f) for f in self._frozen]
         for value in pending:  # the current bucket's lags not binned yet
             bins[slot_now][bisect_right(self._edges, value)] += 1
-        last = math.floor(now / self.bucket)
+        # The writer may have moved to a newer bucket since the clock was read.
+        last = max(math.floor(now / self.bucket), current)
         count = min(self._size, max(1, math.ceil(min(window, self.span) / self.bucket)))
         covered = max(min(count * self.bucket, now - self._started), 1e-9)
         series: list[dict[str, Any]] = []
