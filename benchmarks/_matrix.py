@@ -160,7 +160,7 @@ def verdicts(cell: Cell, table: dict[str, Figures]) -> list[str]:
     if target is not None and cell.handler == "ping" and cell.middleware == "nobhm":
         most, aim = target
         state = "aim met" if sw.added_us <= aim else "met" if sw.added_us <= most else "MISS"
-        found.append(f"+{sw.added_us:.1f} us vs <= {most:g} ({state})")
+        found.append(f"{sw.added_us:+.1f} us vs <= {most:g} ({state})")
     return found
 
 

@@ -253,6 +253,9 @@ def _prototype(variant: str, framework: str, bhm: bool) -> Any:
             # The span may wait in timeline.ran until the stretch ends; what it still needs
             # there is its route and its times, not the request's objects.
             span.scope = span._coro = span._send = None
+            with contextlib.suppress(AttributeError):  # cores where a span is its own Steps
+                if span.span is span:
+                    span.span = None  # the reference cycle that only the collector frees
 
         middleware.StallwatchMiddleware._close = close_and_release  # type: ignore[method-assign]
     if variant == "sw-ring64":
