@@ -64,6 +64,16 @@ def threshold_for(limits: Sequence[float]) -> float:
     return max(0.001, min([DEFAULT_THRESHOLD, *(limit / 2 for limit in limits)]))
 
 
+def monitor_options(threshold: float, registry: CollectorRegistry) -> dict[str, Any]:
+    return {
+        "stall_threshold": threshold,
+        "floor": min(0.001, threshold),
+        "sample_interval": max(0.0005, min(0.005, threshold / 4)),
+        "history": 1000,  # per loop, between two test phases
+        "registry": registry,
+    }
+
+
 def overlaps(event: StallEvent, start: float, stop: float) -> bool:
     return event.started_at <= stop and event.started_at + event.duration >= start
 
@@ -186,7 +196,7 @@ class LoopWatcher:
     """Starts a monitor on every asyncio loop that starts running, while installed."""
 
     def __init__(self, options: dict[str, Any]) -> None:
-        self._options = options
+        self.options = options
         self._lock = threading.Lock()
         self._monitors: list[LoopMonitor] = []
         self._seen: dict[int, set[int]] = {}
@@ -205,11 +215,16 @@ class LoopWatcher:
                 watcher.loop_started(loop)
 
         self._original, self._hooked = original, set_running_loop
-        asyncio.events._set_running_loop = set_running_loop
+        # base_events looks the hook up on asyncio.events at each run; uvloop binds the one
+        # on the asyncio package when it is imported, so a uvloop imported later is covered.
+        for module in (asyncio.events, asyncio):
+            if vars(module).get("_set_running_loop") is original:
+                vars(module)["_set_running_loop"] = set_running_loop
 
     def uninstall(self) -> None:
-        if self._original is not None and asyncio.events._set_running_loop is self._hooked:
-            asyncio.events._set_running_loop = self._original
+        for module in (asyncio.events, asyncio):
+            if vars(module).get("_set_running_loop") is self._hooked:
+                vars(module)["_set_running_loop"] = self._original
         self._original = None
         with self._lock:
             monitors, self._monitors = self._monitors, []
@@ -221,7 +236,7 @@ class LoopWatcher:
         try:
             if get_monitor(loop) is not None:
                 return  # ours from an earlier run, or the app's own
-            monitor = LoopMonitor(loop, **self._options)
+            monitor = LoopMonitor(loop, **self.options)
             if monitor.start():
                 _lock_drain(monitor)
                 with self._lock:
@@ -367,6 +382,10 @@ class StallwatchPlugin:
         self.windows: list[tuple[float, float, str, str]] = []  # start, stop, nodeid, phase
         self.pending: list[StallEvent] = []
         self.outside: list[dict[str, Any]] = []
+        self.registry = CollectorRegistry()  # never the user's default registry
+        if self.run_limit is not None or self.report_path is not None:
+            self.threshold = threshold_for([] if self.run_limit is None else [self.run_limit])
+            self._watch()
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
@@ -388,24 +407,22 @@ class StallwatchPlugin:
                     limits.append(limit)
             allow = item.get_closest_marker("allow_stall") is not None
             self.tests[item.nodeid] = TestStalls(item.nodeid, limit, allow)
-        if self.watcher is None and (self.run_limit or self.report_path or marked):
+        if self.watcher is None and marked:
+            self._watch()
+        if self.watcher is not None:
+            # Loops start running with the tests: the threshold can still follow the markers.
             self.threshold = threshold_for(limits)
-            registry = CollectorRegistry()
-            floor = min(0.001, self.threshold)
-            self.watcher = LoopWatcher(
-                {
-                    "stall_threshold": self.threshold,
-                    "floor": floor,
-                    "sample_interval": max(0.0005, min(0.005, self.threshold / 4)),
-                    "history": 1000,
-                    "registry": registry,
-                }
-            )
-            self.watcher.install()
+            self.watcher.options.update(monitor_options(self.threshold, self.registry))
             self.routes = TestClientRoutes(
-                {"registry": registry, "stall_threshold": self.threshold, "floor": floor}
+                {"registry": self.registry, "stall_threshold": self.threshold, "floor": 0.001}
             )
             self.routes.install()
+
+    def _watch(self) -> None:
+        """Hook the loops now: from configure when an option asks (so that a uvloop the tests
+        import is covered), else once collection has found a marker."""
+        self.watcher = LoopWatcher(monitor_options(self.threshold, self.registry))
+        self.watcher.install()
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(
@@ -467,9 +484,13 @@ class StallwatchPlugin:
         for event in [*self.pending, *self.watcher.harvest()]:
             self._late(event)
         self.pending = []
-        if self.report_path is not None:
-            self.report_path.parent.mkdir(parents=True, exist_ok=True)
-            self.report_path.write_text(json.dumps(self.report(), indent=2) + "\n")
+        path = self.report_path
+        if path is not None:
+            worker = getattr(self.config, "workerinput", {}).get("workerid")
+            if worker:  # pytest-xdist: one file per worker, beside the one asked for
+                path = path.with_name(f"{path.stem}-{worker}{path.suffix}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.report(), indent=2) + "\n")
 
     def report(self) -> dict[str, Any]:
         tests = [t for t in self.tests.values() if t.stalls]

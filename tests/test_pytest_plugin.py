@@ -152,18 +152,35 @@ async def test_asyncio_fine() -> None:
 """
 
 
+UVLOOP_TESTS = """
+import asyncio
+import time
+
+import uvloop
+
+
+def test_uvloop_block() -> None:
+    async def main() -> None:
+        await asyncio.sleep(0)
+        time.sleep(0.2)  # uvloop blocks here
+
+    uvloop.run(main())
+"""
+
+
 def test_blocking_tests_fail_naming_their_line_and_the_tests_beside_them_pass(
     suite: pytest.Pytester,
 ) -> None:
-    suite.makepyfile(test_client=TESTCLIENT_TESTS, test_async=ASYNC_TESTS)
+    suite.makepyfile(test_client=TESTCLIENT_TESTS, test_async=ASYNC_TESTS, test_uv=UVLOOP_TESTS)
     result = suite.runpytest_subprocess(*RUN, "--stallwatch-max-stall-ms", LIMIT)
 
-    result.assert_outcomes(failed=3, passed=2)
+    result.assert_outcomes(failed=4, passed=2)
     result.stdout.fnmatch_lines(
         [
             "FAILED test_async.py::test_asyncio_block - stallwatch: *",
             "FAILED test_async.py::test_anyio_block - stallwatch: *",
             "FAILED test_client.py::test_block - stallwatch: *",
+            "FAILED test_uv.py::test_uvloop_block - stallwatch: *",
         ],
         consecutive=True,
     )
@@ -182,16 +199,21 @@ def test_blocking_tests_fail_naming_their_line_and_the_tests_beside_them_pass(
             "    time.sleep(0.2)  # the blocking line",
         ]
     )
-    # pytest-asyncio and anyio: the test's own line.
-    for test in ("asyncio", "anyio"):
-        line = line_of(suite.path / "test_async.py", f"# {test} blocks here")
-        where = f"test_async.py:{line} in test_{test}_block"
+    # pytest-asyncio and anyio: the test's own line; uvloop (imported by the test module,
+    # after the plugin hooked the loops): the coroutine's.
+    for file, needle, function in [
+        ("test_async.py", "# asyncio blocks here", "test_asyncio_block"),
+        ("test_async.py", "# anyio blocks here", "test_anyio_block"),
+        ("test_uv.py", "# uvloop blocks here", "main"),
+    ]:
+        where = f"{file}:{line_of(suite.path / file, needle)} in {function}"
         assert SLEEP_MS <= stall_ms(output, where) < 10 * SLEEP_MS
 
 
 def test_without_the_option_the_plugin_does_nothing(suite: pytest.Pytester) -> None:
     suite.makepyfile(
         test_async=ASYNC_TESTS,
+        test_uv=UVLOOP_TESTS,
         test_client=TESTCLIENT_TESTS
         + """
 
@@ -204,7 +226,7 @@ def test_nothing_is_patched_and_no_thread_runs() -> None:
     )
     result = suite.runpytest_subprocess(*RUN)
 
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=7)
     assert "stallwatch:" not in result.stdout.str()
 
 
