@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 import pytest
+import uvloop
 
 import stallwatch.sampling
 from stallwatch.events import Frame, StackSample
@@ -42,6 +43,18 @@ FAKE_SITE = Path(__file__).parent / "fakelib" / "site-packages"
 FAKEDEEP = str(FAKE_SITE / "fakedeep" / "__init__.py")
 LONG = 10.0
 """Upper bound on any wait, far above what a loaded machine needs."""
+
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+HELD_LOOPS = [
+    "asyncio",
+    pytest.param(
+        "uvloop",
+        marks=pytest.mark.skipif(
+            sys.version_info < (3, 11), reason="a runner frame needs asyncio.Runner (3.11)"
+        ),
+    ),
+]
+"""Loops as servers run them: through asyncio's runner, whose frame marks the dispatch."""
 
 Held = Callable[[threading.Event, threading.Event], Coroutine[Any, Any, None]]
 
@@ -71,13 +84,24 @@ def line_of(marker: str, path: str = __file__) -> int:
     return found[0]
 
 
+def run_on(loop_name: str, main: Coroutine[Any, Any, None]) -> None:
+    """Runs ``main`` as uvicorn does on 3.11 and later: through ``asyncio.Runner``."""
+    if sys.version_info < (3, 11):
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
+        runner.run(main)
+
+
 def sample_held_loop(
-    fakedeep: ModuleType, request: Held, **options: Any
+    fakedeep: ModuleType, request: Held, loop_name: str = "asyncio", **options: Any
 ) -> tuple[StackSampler, tuple[Frame, ...]]:
-    """Runs ``request`` on a real asyncio loop in its own thread and, once the fake library
-    holds that thread, samples its stack from this one, as the watchdog does."""
+    """Runs ``request`` on a real loop in its own thread and, once the fake library holds
+    that thread, samples its stack from this one, as the watchdog does."""
     ready, release = threading.Event(), threading.Event()
-    thread = threading.Thread(target=lambda: asyncio.run(request(ready, release)), name="held")
+    thread = threading.Thread(
+        target=lambda: run_on(loop_name, request(ready, release)), name="held"
+    )
     holding = line_of("fakedeep: holds the thread", FAKEDEEP)
     thread.start()
     try:
@@ -101,13 +125,14 @@ def sample_held_loop(
 # -- the top frame of a live stack ----------------------------------------------------------
 
 
+@pytest.mark.parametrize("loop_name", HELD_LOOPS)
 def test_a_block_deep_in_a_library_is_named_by_the_app_line_that_called_it(
-    fakedeep: ModuleType,
+    fakedeep: ModuleType, loop_name: str
 ) -> None:
     async def request(ready: threading.Event, release: threading.Event) -> None:
         fakedeep.descend(60, ready, release)  # calls into fakedeep, 60 frames deep
 
-    sampler, frames = sample_held_loop(fakedeep, request)
+    sampler, frames = sample_held_loop(fakedeep, request, loop_name)
 
     library = [f for f in frames if f.filename == FAKEDEEP]
     assert len(library) == 61, "the whole stack is read: 60 recursion frames and the hold"
@@ -127,13 +152,14 @@ def test_in_app_include_makes_an_installed_package_the_app(fakedeep: ModuleType)
     )
 
 
+@pytest.mark.parametrize("loop_name", HELD_LOOPS)
 def test_a_2000_frame_recursion_is_cut_in_the_middle_and_keeps_both_ends(
-    fakedeep: ModuleType, deep_recursion: None
+    fakedeep: ModuleType, deep_recursion: None, loop_name: str
 ) -> None:
     async def request(ready: threading.Event, release: threading.Event) -> None:
         fakedeep.descend(2000, ready, release)  # calls into fakedeep, 2000 frames deep
 
-    sampler, frames = sample_held_loop(fakedeep, request)
+    sampler, frames = sample_held_loop(fakedeep, request, loop_name)
 
     assert len(frames) == MAX_FRAMES
     cuts = [n for n, f in enumerate(frames) if f.filename == OMITTED]
@@ -152,15 +178,16 @@ def test_a_2000_frame_recursion_is_cut_in_the_middle_and_keeps_both_ends(
     )
 
 
+@pytest.mark.parametrize("loop_name", HELD_LOOPS)
 def test_a_callback_without_app_code_falls_back_to_its_innermost_frame(
-    fakedeep: ModuleType,
+    fakedeep: ModuleType, loop_name: str
 ) -> None:
     async def request(ready: threading.Event, release: threading.Event) -> None:
         # The loop itself calls the library: no frame of the callback is the app's.
         asyncio.get_running_loop().call_soon(fakedeep.descend, 3, ready, release)
         await asyncio.sleep(0)
 
-    sampler, frames = sample_held_loop(fakedeep, request)
+    sampler, frames = sample_held_loop(fakedeep, request, loop_name)
 
     callback = callback_frames(frames)
     assert [f.function for f in callback[:4]] == ["descend", "descend", "descend", "hold"]
@@ -330,7 +357,9 @@ def test_the_sampler_refuses_a_bad_entry_at_construction() -> None:
 # -- who started a task ---------------------------------------------------------------------
 
 
-def task_origins(handler: Callable[[], Coroutine[Any, Any, None]], **options: Any) -> list[Any]:
+def task_origins(
+    handler: Callable[[], Coroutine[Any, Any, None]], loop_name: str = "asyncio", **options: Any
+) -> list[Any]:
     """Runs ``handler`` on a real loop whose task factory records ``started_by`` for every
     task created while it runs."""
     seen: list[Frame | None] = []
@@ -349,7 +378,11 @@ def task_origins(handler: Callable[[], Coroutine[Any, Any, None]], **options: An
         finally:
             loop.set_task_factory(None)
 
-    asyncio.run(main())
+    loop = LOOPS[loop_name]()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
     return seen
 
 
@@ -357,44 +390,58 @@ async def work() -> None:
     await asyncio.sleep(0)
 
 
-def test_started_by_names_the_line_that_called_create_task() -> None:
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_started_by_names_the_line_that_called_create_task(loop_name: str) -> None:
     async def handler() -> None:
         await asyncio.create_task(work())  # starts: create_task
 
-    assert task_origins(handler) == [Frame(__file__, line_of("starts: create_task"), "handler")]
+    assert task_origins(handler, loop_name) == [
+        Frame(__file__, line_of("starts: create_task"), "handler")
+    ]
 
 
-def test_started_by_names_the_line_that_called_gather() -> None:
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_started_by_names_the_line_that_called_gather(loop_name: str) -> None:
     async def handler() -> None:
         await asyncio.gather(work(), work())  # starts: gather
 
-    assert task_origins(handler) == [Frame(__file__, line_of("starts: gather"), "handler")] * 2
+    assert (
+        task_origins(handler, loop_name)
+        == [Frame(__file__, line_of("starts: gather"), "handler")] * 2
+    )
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.TaskGroup is new in 3.11")
-def test_started_by_names_the_line_that_called_a_task_groups_create_task() -> None:
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_started_by_names_the_line_that_called_a_task_groups_create_task(loop_name: str) -> None:
     async def handler() -> None:
         async with asyncio.TaskGroup() as group:  # type: ignore[attr-defined,unused-ignore]
             group.create_task(work())  # starts: TaskGroup
 
-    assert task_origins(handler) == [Frame(__file__, line_of("starts: TaskGroup"), "handler")]
+    assert task_origins(handler, loop_name) == [
+        Frame(__file__, line_of("starts: TaskGroup"), "handler")
+    ]
 
 
-def test_started_by_names_the_line_that_called_anyio_start_soon() -> None:
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_started_by_names_the_line_that_called_anyio_start_soon(loop_name: str) -> None:
     async def handler() -> None:
         async with anyio.create_task_group() as group:
             group.start_soon(work)  # starts: anyio
 
-    assert task_origins(handler) == [Frame(__file__, line_of("starts: anyio"), "handler")]
+    assert task_origins(handler, loop_name) == [
+        Frame(__file__, line_of("starts: anyio"), "handler")
+    ]
 
 
+@pytest.mark.parametrize("loop_name", LOOPS)
 def test_started_by_names_the_app_line_that_called_a_library_that_starts_a_task(
-    fakedeep: ModuleType,
+    fakedeep: ModuleType, loop_name: str
 ) -> None:
     async def handler() -> None:
         await fakedeep.spawn(3, work())  # starts: through the library
 
-    assert task_origins(handler) == [
+    assert task_origins(handler, loop_name) == [
         Frame(__file__, line_of("starts: through the library"), "handler")
     ]
 
