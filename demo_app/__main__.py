@@ -1,4 +1,5 @@
-"""``python -m demo_app`` (or ``stallwatch-demo``): serve the demo, say what to open and try."""
+"""``python -m demo_app`` (or ``stallwatch-demo``, or ``stallwatch demo``): serve the demo,
+say what to open and try. ``... load [options]`` runs the load generator instead."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import uvicorn
+from .cache import DEFAULT_EXECUTOR_THREADS, DEFAULT_SEED_ROWS, MODES, SqliteCache
 
-from .app import DEFAULT_EXECUTOR_THREADS, MODES, create_app
-from .cache import DEFAULT_SEED_ROWS, SqliteCache
+PACKAGE = __package__ or "demo_app"
+"""``demo_app`` in a checkout, ``stallwatch.demo`` from an installed wheel."""
 
 
 def positive_int(text: str) -> int:
@@ -23,7 +24,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stallwatch-demo",
         description="A FastAPI service whose SQLite cache route blocks the event loop, "
-        "watched by stallwatch. Toggle the cache mode live and watch the other routes recover.",
+        "watched by stallwatch. Toggle the cache mode live and watch the other routes recover. "
+        "'stallwatch-demo load --help': the load generator that shows it.",
     )
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
@@ -76,20 +78,38 @@ def banner(base: str, mode: str, cache: SqliteCache) -> str:
             f"stallwatch demo: the cache is in {mode} mode; one read scans {cache.seed_rows:,} "
             f"SQLite rows in {cache.read_seconds * 1e3:.1f} ms "
             f"(executor pool: {cache.executor_threads} thread{plural})",
+            f"  {base}/                 start here: what this is, the mode and a button to flip it",
             f"  {base}/cache/key-42    the cache route (holds the event loop in blocking mode)",
             f"  {base}/ping            never blocks, yet waits behind the cache reads",
             f"  {base}/items/7         never blocks either",
-            f"  {base}/demo/stalls     what stallwatch saw: culprit route, line, victims",
+            f"  {base}/_stallwatch/    stallwatch's stall report: culprit route, line, victims",
+            f"  {base}/demo/stalls     the same stalls as JSON",
             f"  {base}/metrics         Prometheus metrics (stallwatch_* and demo_cache_mode)",
             f"toggle the mode:  {toggle}",
-            f"put load on it:   {sys.executable} -m demo_app.load --url {base}",
+            f"put load on it:   {sys.executable} -m {PACKAGE}.load --url {base}",
             "",
         ]
     )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["load"]:
+        from .load import main as load
+
+        return load(argv[1:])
     args = parser().parse_args(argv)
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ModuleNotFoundError as exc:
+        print(
+            f"stallwatch-demo: the demo needs {exc.name}; install the demo extras: "
+            "pip install 'stallwatch[demo]' (from a checkout: pip install -e '.[demo]')",
+            file=sys.stderr,
+        )
+        return 2
     host = f"[{args.host}]" if ":" in args.host else args.host
     base = f"http://{host}:{args.port}"
     app = create_app(
@@ -103,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     # No access log: at hundreds of requests a second it would cost the loop more than the
     # routes do, and stallwatch's metrics say more.
     uvicorn.run(app, host=args.host, port=args.port, loop=args.loop, access_log=False)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -22,25 +22,34 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Literal, get_args
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 from pydantic import BaseModel
 
 import stallwatch
 from stallwatch import StallwatchMiddleware
 
-from .cache import DEFAULT_SEED_ROWS, SqliteCache, read_blocking, read_in_executor
+from .cache import (
+    DEFAULT_EXECUTOR_THREADS,
+    DEFAULT_SEED_ROWS,
+    MODES,
+    Mode,
+    SqliteCache,
+    read_blocking,
+    read_in_executor,
+)
+from .front import front_page
 
-Mode = Literal["blocking", "executor"]
-MODES: tuple[Mode, ...] = get_args(Mode)
-DEFAULT_EXECUTOR_THREADS = 1
-"""One pool thread: on a single core more threads only fight the loop for the CPU."""
+__all__ = ["DEFAULT_EXECUTOR_THREADS", "MODES", "Mode", "app", "create_app", "settings_from_env"]
+
+REPORT_PATH = "/_stallwatch"
+"""Where stallwatch's middleware serves its stall report page (to loopback clients only)."""
 
 
 class ModeChange(BaseModel):
@@ -138,9 +147,32 @@ def create_app(
         await asyncio.sleep(0.001)  # a little awaited work, like a call to another service
         return {"item_id": item_id, "name": f"item {item_id}"}
 
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def front(request: Request) -> HTMLResponse:
+        page = front_page(
+            mode=state.mode,
+            cache=cache,
+            report_path=REPORT_PATH,
+            base_url=str(request.base_url).rstrip("/"),
+            package=__package__ or "demo_app",
+        )
+        # Never cached: the page shows the live mode.
+        return HTMLResponse(page, headers={"cache-control": "no-store"})
+
     @app.get("/demo/mode")
     async def get_mode() -> dict[str, str]:
         return {"mode": state.mode}
+
+    @app.get("/demo/info")
+    async def info() -> dict[str, Any]:
+        # What the load generator calibrates from, and labels its table with.
+        return {
+            "mode": state.mode,
+            "read_seconds": cache.read_seconds,
+            "seed_rows": cache.seed_rows,
+            "executor_threads": cache.executor_threads,
+            "report_path": REPORT_PATH,
+        }
 
     @app.post("/demo/mode")
     async def set_mode(change: ModeChange) -> dict[str, str]:
@@ -172,10 +204,15 @@ def create_app(
         return JSONResponse([event.to_dict() for event in events])
 
     app.add_middleware(
-        StallwatchMiddleware,
+        StallwatchMiddleware,  # type: ignore[arg-type]  # stallwatch's ASGI types, not Starlette's
         registry=registry,
         stall_threshold=stall_threshold,
         metrics_path="/metrics",
+        report=True,
+        report_path=REPORT_PATH,
+        # Installed from a wheel the demo lives in site-packages under stallwatch/, both of
+        # which stallwatch skips when it looks for the application's line: not this package.
+        in_app_include=(__package__ or "demo_app",),
     )
     return app
 

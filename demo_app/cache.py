@@ -16,6 +16,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from time import perf_counter
+from typing import Literal, get_args
+
+Mode = Literal["blocking", "executor"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+"""``blocking``: ``read_blocking`` straight from the route; ``executor``: ``read_in_executor``."""
+DEFAULT_EXECUTOR_THREADS = 1
+"""One pool thread: on a single core more threads only fight the loop for the CPU."""
 
 READ = "SELECT value FROM cache WHERE key = ?"
 """No index on ``key`` and no ``LIMIT``: every read scans the whole table, whichever key."""

@@ -1,399 +1,159 @@
 """``python -m demo_app.load``: open-loop load on the demo, both modes, a sweep of loads.
 
 By default it starts the demo itself (uvicorn pinned to one CPU, this generator and its
-``/ping`` probe on the others), then for each offered load runs each mode, switching it
-through ``POST /demo/mode``, and prints per route what the client saw beside what stallwatch
-saw, then whether the demo's claim holds. ``--url`` targets a demo that is already running.
+``/ping`` probe on the others), measures what a request costs that server (``calibrate.py``),
+then offers loads as shares of the loop's capacity, 30 % to 110 %, with Poisson arrivals. At
+each load it runs each mode, switching it through ``POST /demo/mode``, and prints per route
+what the client saw beside what stallwatch saw and what queueing theory predicts, then
+whether the demo's claim holds (``verdict.py``). ``--url`` targets a demo already running.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import IO
-
-import aiohttp
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from . import report
-from .openloop import (
-    ProbeProcess,
-    RouteLoad,
-    RouteResult,
-    control_session,
-    offer,
-    run,
-    session,
-)
-from .report import CACHE, PING, Step
-from .scrape import parse, server_view, stall_lines
+from .arrivals import ARRIVALS
+from .calibrate import Calibration, percent
+from .openloop import ProbeProcess, run
+from .progress import Progress
+from .report import CACHE, ITEMS, PING, Step
+from .server import PACKAGE, demo_command, free_port, split_cpus, started_demo
+from .steps import Plan, Traffic, sweep
+from .verdict import verdict
 
 MODES = ("blocking", "executor")
-ITEMS = "/items/{item_id}"
 DEFAULT_POOL = min(32, (os.cpu_count() or 1) + 4)
 """What ``run_in_executor(None, ...)`` gets: asyncio's default ``ThreadPoolExecutor`` size."""
+DEFAULT_LOADS = "30,60,85,95,110"
+
+T = TypeVar("T")
 
 
-def rates(text: str) -> list[float]:
-    values = [float(v) for v in text.split(",") if v.strip()]
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"rates must be positive numbers, got {text!r}")
-    return values
+def listed(
+    kind: Callable[[str], T], check: Callable[[T], bool], what: str
+) -> Callable[[str], list[T]]:
+    """An argparse type for a comma-separated list whose every item passes ``check``."""
+
+    def parse(text: str) -> list[T]:
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            values = []
+        if not values or not all(check(v) for v in values):
+            raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
+        return values
+
+    return parse
 
 
-def pools(text: str) -> list[int]:
-    values = [int(v) for v in text.split(",") if v.strip()]
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"pool sizes must be positive integers, got {text!r}")
-    return values
-
-
-def modes(text: str) -> list[str]:
-    values = [v.strip() for v in text.split(",") if v.strip()]
-    if not values or any(v not in MODES for v in values):
-        raise argparse.ArgumentTypeError(f"modes must be among {', '.join(MODES)}, got {text!r}")
-    return values
+def loads(text: str) -> list[float]:
+    try:
+        return percent(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m demo_app.load",
-        description="Open-loop load on the stallwatch demo: every mode at every offered load, "
-        "client latencies beside stallwatch's diagnosis.",
+        prog=f"python -m {PACKAGE}.load",
+        description="Open-loop load on the stallwatch demo: every mode at every load, as a "
+        "share of the server's measured capacity, client latencies beside stallwatch's "
+        "diagnosis and queueing theory's prediction.",
     )
-    p.add_argument(
+    add = p.add_argument
+    add(
         "--url",
-        help="a running demo (default: start one, pinned to one CPU); serve it on the standard "
-        "asyncio loop, whose poll stallwatch times exactly, to see every route's frozen time",
+        help="a running demo (default: start one, pinned to one CPU); serve it on the "
+        "standard asyncio loop, whose poll stallwatch times exactly",
     )
-    p.add_argument(
+    add(
+        "--loads",
+        type=loads,
+        default=percent(DEFAULT_LOADS),
+        help="offered loads in percent of the loop's calibrated capacity, comma-separated "
+        f"(default {DEFAULT_LOADS})",
+    )
+    add(
         "--rates",
-        type=rates,
-        default=[100.0, 250.0, 350.0],
-        help="offered /cache/{key} requests per second, comma-separated (default 100,250,350)",
+        type=listed(float, lambda v: v > 0, "rates must be positive numbers"),
+        help="offered /cache/{key} requests per second instead of --loads, comma-separated",
     )
-    p.add_argument(
+    add(
+        "--arrivals",
+        choices=ARRIVALS,
+        default="poisson",
+        help="how the load's requests arrive: poisson (default: independent users), uniform "
+        "(evenly spaced, which hides queueing), bursts (clumps of 10 at once); the /ping "
+        "probe is Poisson always",
+    )
+    add(
         "--modes",
-        type=modes,
+        type=listed(str.strip, lambda v: v in MODES, "modes must be among " + ", ".join(MODES)),
         default=list(MODES),
         help="cache modes to run at each load (default blocking,executor)",
     )
-    p.add_argument(
+    add(
         "--duration",
         type=float,
-        default=8.0,
+        default=4.0,
         help="seconds of load per mode and load (default %(default)s)",
     )
-    p.add_argument(
+    add(
         "--items-rate",
         type=float,
         default=50.0,
         help="/items/{item_id} requests per second (default %(default)s)",
     )
-    p.add_argument(
+    add(
         "--probe-rate",
         type=float,
-        default=50.0,
+        default=100.0,
         help="/ping requests per second, from a separate process (default %(default)s)",
     )
-    p.add_argument(
+    add(
         "--connections",
         type=int,
         default=2000,
         help="client connection pool size (default %(default)s)",
     )
-    p.add_argument(
+    add(
         "--executor-threads",
-        type=pools,
+        type=listed(int, lambda v: v >= 1, "pool sizes must be positive integers"),
         default=[1, DEFAULT_POOL],
-        help="executor pool sizes of the demos this starts, comma-separated; the first "
-        "runs every mode, the others executor mode only (default "
-        f"1,{DEFAULT_POOL}: one thread, then asyncio's default pool size on this machine)",
+        help="executor pool sizes of the demos this starts, comma-separated; the first runs "
+        f"every mode, the others executor mode only (default 1,{DEFAULT_POOL}: one thread, "
+        "then asyncio's default pool size on this machine)",
     )
-    p.add_argument(
+    add(
         "--seed-rows",
         type=int,
         default=None,
         help="rows of the demo this starts, i.e. the read cost (default: the demo's)",
     )
-    p.add_argument(
+    add(
         "--loop",
         choices=("asyncio", "uvloop", "auto"),
         default="asyncio",
         help="event loop of the demo this starts (default %(default)s)",
     )
-    p.add_argument("--json", metavar="PATH", help="also write the raw figures as JSON here")
+    add("--seed", type=int, default=1, help="seed of the arrival schedules (default 1)")
+    add("--json", metavar="PATH", help="also write the raw figures as JSON here")
     return p
-
-
-# -- the demo this generator starts ------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def split_cpus() -> tuple[set[int] | None, set[int] | None]:
-    """(the server's CPU, the generator's CPUs), or Nones where pinning is not possible."""
-    if not hasattr(os, "sched_getaffinity"):
-        return None, None
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return None, None
-    return {cpus[0]}, set(cpus[1:])
-
-
-@contextlib.contextmanager
-def started_demo(
-    args: argparse.Namespace,
-    threads: int,
-    server_cpus: set[int] | None,
-    own_cpus: set[int] | None,
-    log: IO[bytes],
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "demo_app",
-        "--port",
-        str(port),
-        "--mode",
-        args.modes[0],
-        "--loop",
-        args.loop,
-        "--executor-threads",
-        str(threads),
-    ]
-    if args.seed_rows is not None:
-        command += ["--seed-rows", str(args.seed_rows)]
-    # A child inherits its parent's CPU set: take the server's CPU for the moment of the
-    # fork, then move this process to the others.
-    if server_cpus:
-        os.sched_setaffinity(0, server_cpus)
-    try:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    finally:
-        if own_cpus:
-            os.sched_setaffinity(0, own_cpus)
-    try:
-        yield f"http://127.0.0.1:{port}", proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-async def wait_ready(
-    client: aiohttp.ClientSession,
-    base: str,
-    proc: subprocess.Popen[bytes] | None,
-    timeout: float = 60.0,
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"the demo exited with status {proc.returncode} before it answered")
-        try:
-            async with client.get(base + "/demo/mode") as response:
-                if response.status == 200:
-                    return
-        except (aiohttp.ClientError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"the demo at {base} did not answer within {timeout:.0f} s")
-        await asyncio.sleep(0.1)
-
-
-# -- one step -------------------------------------------------------------------------------------
-
-
-class Progress:
-    """A one-line progress bar on stderr (a line per step when stderr is not a terminal)."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.index = 0
-        self.tty = sys.stderr.isatty()
-        self.label = ""
-        self.duration = 0.0
-
-    def begin(self, label: str, duration: float) -> None:
-        self.index += 1
-        self.label = f"[{self.index}/{self.total}] {label}"
-        self.duration = duration
-        if not self.tty:
-            print(f"{self.label}: {duration:.0f} s of load", file=sys.stderr, flush=True)
-
-    def __call__(self, elapsed: float, results: list[RouteResult], in_flight: int) -> None:
-        if not self.tty:
-            return
-        done = min(max(elapsed / self.duration, 0.0), 1.0)
-        bar = "#" * round(done * 24) + "-" * (24 - round(done * 24))
-        sent = sum(r.sent for r in results)
-        answered = sum(r.ok + r.errors for r in results)
-        draining = " draining" if elapsed > self.duration else ""
-        print(
-            f"\r{self.label} |{bar}| {min(elapsed, self.duration):4.1f}/{self.duration:.0f} s "
-            f"sent {sent} answered {answered} in flight {in_flight}{draining}   ",
-            end="",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def end(self, summary: str) -> None:
-        if self.tty:
-            print("\r\033[K", end="", file=sys.stderr)
-        print(f"{self.label}: {summary}", file=sys.stderr, flush=True)
-
-
-async def set_mode(client: aiohttp.ClientSession, base: str, mode: str) -> None:
-    async with client.post(base + "/demo/mode", json={"mode": mode}) as response:
-        body = await response.json()
-        if response.status != 200 or body.get("mode") != mode:
-            raise SystemExit(f"could not switch the demo to {mode} mode: {response.status} {body}")
-
-
-async def settle(control: aiohttp.ClientSession, base: str, timeout: float = 30.0) -> None:
-    """Wait until the demo answers ``/ping`` promptly again: requests the client gave up on
-    after an overloaded step are still queued in the server, and must not spill into the
-    next step."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        began = time.monotonic()
-        async with control.get(base + PING) as response:
-            await response.read()
-        if time.monotonic() - began < 0.02:
-            return
-        await asyncio.sleep(0.1)
-
-
-async def get_text(client: aiohttp.ClientSession, url: str) -> str:
-    async with client.get(url) as response:
-        response.raise_for_status()
-        return await response.text()
-
-
-@dataclass(frozen=True)
-class Target:
-    """The demo under load and the three clients that talk to it."""
-
-    base: str
-    load: aiohttp.ClientSession
-    control: aiohttp.ClientSession
-    probe: ProbeProcess
-
-
-async def run_step(
-    target: Target,
-    mode: str,
-    threads: int | None,
-    rate: float,
-    duration: float,
-    args: argparse.Namespace,
-    progress: Progress | None,
-) -> Step:
-    base, control, probe = target.base, target.control, target.probe
-    await settle(control, base)
-    await set_mode(control, base, mode)
-    before = parse(await get_text(control, base + "/metrics"))
-    since = time.time()
-    start = time.monotonic() + 0.2
-    drain = max(3.0, min(duration, 10.0))
-    probe.start(
-        base,
-        PING,
-        PING,
-        args.probe_rate,
-        start=start,
-        duration=duration,
-        drain=drain,
-    )
-    loads = [
-        RouteLoad(CACHE, lambda i: f"/cache/key-{(i * 7919) % 1000}", rate),
-        RouteLoad(ITEMS, lambda i: f"/items/{i % 1000}", args.items_rate),
-    ]
-    step_label = report.mode_label(mode, threads)
-    if progress is not None:
-        progress.begin(f"{step_label} at {rate:.0f} cache req/s", duration)
-    client_results = await offer(
-        target.load,
-        base,
-        loads,
-        start=start,
-        duration=duration,
-        drain=drain,
-        progress=progress,
-    )
-    client_results.append(await probe.result())
-    after = parse(await get_text(control, base + "/metrics"))
-    events = json.loads(await get_text(control, base + "/demo/stalls"))
-    step = Step(
-        mode=mode,
-        threads=threads,
-        rate=rate,
-        duration=duration,
-        client=client_results,
-        server=server_view(before, after, [CACHE, ITEMS, PING]),
-        stall_lines=stall_lines(events, since),
-    )
-    if progress is not None:
-        stalls = sum(step.server.stalls.values())
-        progress.end(
-            f"/ping p99 {report.ms(step.p99(PING), 0)} ms, "
-            f"{report.ms(step.server.frozen_per_request(PING), 0)} ms frozen per /ping, "
-            f"{stalls:.0f} stalls"
-        )
-    return step
-
-
-async def sweep(
-    base: str,
-    proc: subprocess.Popen[bytes] | None,
-    modes: Sequence[str],
-    threads: int | None,
-    args: argparse.Namespace,
-    probe: ProbeProcess,
-    progress: Progress,
-) -> list[Step]:
-    """Every mode at every load against one demo, after a short warm-up in each mode."""
-    async with session(args.connections) as load, control_session() as control:
-        await wait_ready(control, base, proc)
-        target = Target(base, load, control, probe)
-        # Warm up connections, the pool's threads and their SQLite connections, and
-        # FastAPI's first requests. Not reported.
-        for mode in modes:
-            await run_step(target, mode, threads, min(args.rates), 1.0, args, None)
-        steps = []
-        for rate in args.rates:
-            for mode in modes:
-                steps.append(
-                    await run_step(target, mode, threads, rate, args.duration, args, progress)
-                )
-        return steps
 
 
 def describe(
     args: argparse.Namespace, started: bool, server_cpus: set[int] | None, own_cpus: set[int] | None
 ) -> str:
     where = (
-        "the demo started by the generator (python -m demo_app"
-        + f" --loop {args.loop}"
+        f"the demo started by the generator (python -m {PACKAGE} --loop {args.loop}"
         + (f" --seed-rows {args.seed_rows}" if args.seed_rows else "")
         + ")"
         + (f", pinned to CPU {min(server_cpus)}" if server_cpus else " (not pinned)")
@@ -403,49 +163,85 @@ def describe(
     gen = f"CPU {','.join(map(str, sorted(own_cpus)))}" if own_cpus else "unpinned"
     return (
         f"Server: {where}. Generator: {gen}. {args.duration:g} s per step.\n"
-        f"Open loop: {CACHE} at the offered rate, {ITEMS} at {args.items_rate:g}/s, "
-        f"{PING} at {args.probe_rate:g}/s from a separate probe process."
+        f"Open loop, {args.arrivals} arrivals: {CACHE} at the offered rate, {ITEMS} at "
+        f"{args.items_rate:g}/s, {PING} at {args.probe_rate:g}/s (Poisson) from a separate "
+        "probe process."
     )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def calibration_text(calibration: Calibration, info: dict[str, Any], steps: Sequence[Step]) -> str:
+    read = float(info.get("read_seconds") or 0.0)
+    rates = dict.fromkeys((s.utilization, s.rate) for s in steps)
+    loads = ", ".join(f"{u:.0%} = {r:.0f}/s" for u, r in rates)
+    shared = (
+        f"; the server got {calibration.cpu_share:.0%} of a CPU (a busy machine: loads are "
+        "shares of what it really has)"
+        if calibration.cpu_share < 0.9
+        else ""
+    )
+    return (
+        f"Calibration (blocking mode): a cache request holds the loop for "
+        f"{calibration.cache_cost * 1e3:.2f} ms (its SQLite read alone took {read * 1e3:.2f} ms "
+        f"at start-up){shared}; the steady traffic and the idle server take "
+        f"{calibration.base:.1%} of the loop ({calibration.source}); a full loop is "
+        f"{calibration.capacity:.0f} cache req/s.\nLoads: {loads}."
+    )
+
+
+def plans(args: argparse.Namespace, started: bool) -> list[Plan]:
+    """One demo per pool size when the generator starts them: the first runs every mode, the
+    others only executor mode (a pool size changes nothing in blocking mode)."""
+    if not started:
+        return [Plan(args.modes, None, args.loads, args.rates, args.duration)]
+    out = []
+    for i, threads in enumerate(args.executor_threads):
+        modes = list(args.modes) if i == 0 else [m for m in args.modes if m == "executor"]
+        if modes:
+            out.append(Plan(modes, threads, args.loads, args.rates, args.duration))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     started = args.url is None
     server_cpus, own_cpus = split_cpus() if started else (None, None)
     if own_cpus:
         os.sched_setaffinity(0, own_cpus)
-    # One demo per pool size when the generator starts them: the first runs every mode, the
-    # others only executor mode (a pool size changes nothing in blocking mode).
-    plan: list[tuple[int | None, list[str]]] = [(None, list(args.modes))]
-    if started:
-        plan = [
-            (threads, list(args.modes) if i == 0 else [m for m in args.modes if m == "executor"])
-            for i, threads in enumerate(args.executor_threads)
-        ]
-        plan = [(threads, modes) for threads, modes in plan if modes]
-    progress = Progress(sum(len(modes) for _, modes in plan) * len(args.rates))
+    traffic = Traffic(args.arrivals, args.items_rate, args.probe_rate, args.seed, args.connections)
+    todo = plans(args, started)
+    per_demo = len(args.rates or args.loads)
+    progress = Progress(sum(len(plan.modes) for plan in todo) * per_demo)
     steps: list[Step] = []
     banners: list[str] = []
+    calibration: Calibration | None = None
+    info: dict[str, Any] = {}
     probe = ProbeProcess(cpus=own_cpus, connections=max(64, args.connections // 4))
     try:
-        for threads, modes in plan:
+        for plan in todo:
             with contextlib.ExitStack() as stack:
                 log = stack.enter_context(tempfile.TemporaryFile())
-                proc: subprocess.Popen[bytes] | None = None
+                proc = None
                 if started:
-                    assert threads is not None
-                    base, proc = stack.enter_context(
-                        started_demo(args, threads, server_cpus, own_cpus, log)
+                    assert plan.threads is not None
+                    port = free_port()
+                    command = demo_command(
+                        port, "blocking", args.loop, plan.threads, args.seed_rows
                     )
+                    proc = stack.enter_context(started_demo(command, server_cpus, own_cpus, log))
+                    base = f"http://127.0.0.1:{port}"
                 else:
                     base = args.url.rstrip("/")
                 try:
-                    steps += run(sweep(base, proc, modes, threads, args, probe, progress))
+                    calibration, seen, done = run(
+                        sweep(base, proc, plan, traffic, calibration, probe, progress)
+                    )
                 except BaseException:
                     if started:
                         log.seek(0)
                         sys.stderr.write(log.read().decode(errors="replace")[-5000:])
                     raise
+                info = info or seen
+                steps += done
                 log.seek(0)
                 banners += [
                     line
@@ -458,30 +254,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(describe(args, started, server_cpus, own_cpus))
     for line in banners:
         print(line)
+    if calibration is not None:
+        print(calibration_text(calibration, info, steps))
     print()
     print(report.table(steps))
     print()
     print(report.LEGEND)
     print()
-    print(report.verdict(steps))
+    print(verdict(steps))
+    print(generator_lag(steps))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([report.step_json(step) for step in steps], f, indent=1)
+    return 0
+
+
+def generator_lag(steps: Sequence[Step]) -> str:
     results = [r for s in steps for r in s.client]
     send_lag = max((r.send_lag for r in results), default=0.0)
     sent = sum(r.sent for r in results)
     mean_lag = sum(r.send_lag_total for r in results) / sent if sent else 0.0
-    print(
+    text = (
         f"Requests left the generator {mean_lag * 1e3:.2f} ms after their due time on average "
         f"and {send_lag * 1e3:.0f} ms at worst (timer slack, and any moment the generator's CPU "
         "was taken); that wait is counted in the latencies above."
     )
     if send_lag > 0.050:
-        print(
-            "Note: the generator itself fell behind; the machine is busy, and every figure "
+        text += (
+            "\nNote: the generator itself fell behind; the machine is busy, and every figure "
             "above is noisier for it."
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump([report.step_json(step) for step in steps], f, indent=1)
+    return text
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,9 +2,9 @@
 
 A closed-loop tool (wrk, or N workers each waiting for its answer) sends less while the
 server stalls, so the stall hides from the very numbers meant to show it (coordinated
-omission). Here request ``i`` of a route is *due* at ``start + i / rate``; its latency is
-measured from that due time, so a request that could only leave late, or waited for a
-connection, is charged for the wait.
+omission). Here request ``i`` of a route is *due* at ``start + offsets[i]``, a schedule drawn
+before the step (``arrivals.py``); its latency is measured from that due time, so a request
+that could only leave late, or waited for a connection, is charged for the wait.
 
 ``/ping`` is probed from a separate, lightly loaded process (``ProbeProcess``), so its
 latencies are not skewed by the generator's own busy loop.
@@ -30,11 +30,13 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class RouteLoad:
-    """One route's share of the traffic: its label, how to build the i-th path, and its rate."""
+    """One route's share of the traffic: its label, how to build the i-th path, its mean rate,
+    and when each request is due, in seconds from the step's start (see ``arrivals.py``)."""
 
     route: str
     path: Callable[[int], str]
     rate: float
+    offsets: Sequence[float]
 
 
 @dataclass
@@ -152,9 +154,8 @@ async def offer(
     in_flight: set[asyncio.Task[None]] = set()
 
     async def schedule(load: RouteLoad, result: RouteResult) -> None:
-        count = max(1, round(load.rate * duration))
-        for i in range(count):
-            due = start + i / load.rate
+        for i, offset in enumerate(load.offsets):
+            due = start + offset
             delay = due - monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -200,8 +201,8 @@ def _probe_main(conn: Connection, cpus: set[int] | None, connections: int) -> No
                 command = await asyncio.to_thread(conn.recv)
                 if command is None:
                     return
-                base_url, route, path, rate, start, duration, drain = command
-                load = RouteLoad(route, constant(path), rate)
+                base_url, route, path, rate, offsets, start, duration, drain = command
+                load = RouteLoad(route, constant(path), rate, offsets)
                 [result] = await offer(
                     client, base_url, [load], start=start, duration=duration, drain=drain
                 )
@@ -211,7 +212,7 @@ def _probe_main(conn: Connection, cpus: set[int] | None, connections: int) -> No
 
 
 class ProbeProcess:
-    """Probes one fixed path (``/ping``) at a steady rate from a process of its own."""
+    """Probes one fixed path (``/ping``) on a given schedule from a process of its own."""
 
     def __init__(self, cpus: set[int] | None = None, connections: int = 256) -> None:
         context = multiprocessing.get_context("spawn")
@@ -231,12 +232,13 @@ class ProbeProcess:
         route: str,
         path: str,
         rate: float,
+        offsets: Sequence[float],
         *,
         start: float,
         duration: float,
         drain: float,
     ) -> None:
-        self._conn.send((base_url, route, path, rate, start, duration, drain))
+        self._conn.send((base_url, route, path, rate, list(offsets), start, duration, drain))
 
     async def result(self) -> RouteResult:
         data = await asyncio.to_thread(self._conn.recv)

@@ -1,5 +1,6 @@
 """The load generator's printout: one table row per mode, load and route, stallwatch's
-diagnosis under each step, and the verdict on the demo's claim."""
+diagnosis under each step, and beside ``/ping``'s measured tail what queueing theory predicts
+for that load. The verdict on the demo's claim is in ``verdict.py``."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from .openloop import RouteResult, percentile
+from .queueing import mean_wait, wait_quantile
 from .scrape import ServerView, StallLine
 
 CACHE = "/cache/{key}"
+ITEMS = "/items/{item_id}"
 PING = "/ping"
 
 
@@ -21,8 +24,14 @@ class Step:
 
     mode: str
     threads: int | None
-    """The demo's executor pool size, when the generator started the demo and knows it."""
+    """The demo's executor pool size, when known."""
     rate: float
+    """Offered cache requests per second."""
+    utilization: float
+    """The share of the loop that load asks for in blocking mode (from the calibration)."""
+    service: float
+    """Seconds of loop one cache request takes (from the calibration)."""
+    arrivals: str
     duration: float
     client: list[RouteResult]
     server: ServerView
@@ -36,6 +45,20 @@ class Step:
         result = self.route(name)
         return percentile(sorted(result.latencies), 0.99) if result else float("nan")
 
+    @property
+    def theory_p99(self) -> float:
+        """The p99 wait M/D/1 predicts for ``/ping`` in blocking mode at this load: only for
+        Poisson load, the arrivals the model is about (NaN otherwise)."""
+        if self.mode != "blocking" or self.arrivals != "poisson":
+            return float("nan")
+        return wait_quantile(0.99, self.utilization, self.service)
+
+    @property
+    def theory_mean(self) -> float:
+        if self.mode != "blocking" or self.arrivals != "poisson":
+            return float("nan")
+        return mean_wait(self.utilization, self.service)
+
 
 def mode_label(mode: str, threads: int | None) -> str:
     """``executor:6`` for executor mode with a 6-thread pool; pool sizes do not matter to
@@ -44,7 +67,11 @@ def mode_label(mode: str, threads: int | None) -> str:
 
 
 def ms(seconds: float, width: int = 7) -> str:
-    return f"{'-':>{width}}" if math.isnan(seconds) else f"{seconds * 1e3:{width}.1f}"
+    if math.isnan(seconds):
+        return f"{'-':>{width}}"
+    if math.isinf(seconds):
+        return f"{'inf':>{width}}"
+    return f"{seconds * 1e3:{width}.1f}"
 
 
 def short_frame(frame: str) -> str:
@@ -56,9 +83,11 @@ def short_frame(frame: str) -> str:
     return os.sep.join(parts[-2:]) + sep + rest
 
 
+LEAD = 26
 HEADER = (
-    f"{'mode':<11}{'cache/s':>8}  {'route':<17}{'sent':>6}{'ok/s':>8}"
-    f"{'p50':>8}{'p95':>8}{'p99':>8}{'max':>8} |{'srv p99':>8}{'frozen/req':>11}  by culprit"
+    f"{'mode':<11}{'load':>5}{'cache/s':>8}  {'route':<17}{'sent':>6}"
+    f"{'p50':>7}{'p95':>7}{'p99':>7}{'max':>7}{'M/D/1':>7} |{'srv p99':>8}{'frozen/req':>11}"
+    "  by culprit"
 )
 
 
@@ -77,12 +106,17 @@ def route_row(step: Step, result: RouteResult, first: bool) -> str:
     label = result.route + (" (probe)" if result.route == PING else "")
     failed = result.errors + result.unfinished
     sent = f"{result.sent}" + (f"!{failed}" if failed else "")
-    lead = f"{mode_label(step.mode, step.threads):<11}{step.rate:>8.0f}  " if first else " " * 21
+    theory = step.theory_p99 if result.route == PING else float("nan")
+    lead = (
+        f"{mode_label(step.mode, step.threads):<11}{step.utilization:>5.0%}{step.rate:>8.0f}  "
+        if first
+        else " " * LEAD
+    )
     return (
-        f"{lead}{label:<17}{sent:>6}{result.ok / step.duration:>8.1f}"
-        f"{ms(percentile(values, 0.5), 8)}{ms(percentile(values, 0.95), 8)}"
-        f"{ms(percentile(values, 0.99), 8)}{ms(values[-1] if values else float('nan'), 8)} |"
-        f"{ms(server_p99, 8)}{ms(per_request, 8)} ms  {culprits}"
+        f"{lead}{label:<17}{sent:>6}"
+        f"{ms(percentile(values, 0.5))}{ms(percentile(values, 0.95))}"
+        f"{ms(percentile(values, 0.99))}{ms(values[-1] if values else float('nan'))}"
+        f"{ms(theory)} |{ms(server_p99, 8)}{ms(per_request, 8)} ms  {culprits}"
     )
 
 
@@ -98,21 +132,21 @@ def diagnosis(step: Step) -> list[str]:
     server = step.server
     lag = server.lag
     lines = [
-        f"{'':21}loop lag p99 {ms(lag.quantile(0.99), 0)} ms, max <= {ms(lag.max_bound(), 0)} ms"
-        f" (stallwatch, {lag.count:.0f} beats)"
+        f"{'':{LEAD}}loop lag p99 {ms(lag.quantile(0.99), 0)} ms, "
+        f"max <= {ms(lag.max_bound(), 0)} ms (stallwatch, {lag.count:.0f} beats)"
     ]
     stalls = sum(server.stalls.values())
     if not stalls:
-        lines.append(f"{'':21}stalls: none")
+        lines.append(f"{'':{LEAD}}stalls: none")
         return lines
-    lines.append(f"{'':21}stalls: {stalls:.0f} ({causes_text(step)})")
+    lines.append(f"{'':{LEAD}}stalls: {stalls:.0f} ({causes_text(step)})")
     # The line that blocked is the one to fix, so blocking stalls come first; a starved
     # loop's stack shows where its thread was when the CPU was taken away from it.
     ranked = sorted(step.stall_lines, key=lambda s: s.cause != "blocking")
     if ranked:
         top = ranked[0]
         lines.append(
-            f"{'':21}top culprit: {top.culprit} at {short_frame(top.frame)} "
+            f"{'':{LEAD}}top culprit: {top.culprit} at {short_frame(top.frame)} "
             f"({top.count} {top.cause} stalls, {top.seconds * 1e3:.0f} ms, in /demo/stalls)"
         )
     return lines
@@ -128,8 +162,14 @@ def table(steps: Sequence[Step]) -> str:
 
 
 LEGEND = (
+    "load: the share of the server's loop the offered traffic takes in blocking mode "
+    "(calibrated above); cache/s: offered cache requests per second.\n"
     "Latencies in ms, measured by the client from each request's due time (open loop). "
     "sent!N: N failed or unanswered.\n"
+    "M/D/1: the p99 wait queueing theory predicts for /ping in blocking mode at that load "
+    "(Poisson arrivals, a cache request's calibrated cost as the fixed service time); the "
+    "measured p99 adds /ping's own round trip of a millisecond or so. inf: past 100 % the "
+    "queue only grows, for as long as the load lasts.\n"
     "srv p99: from stallwatch's own request histogram (interpolated in its buckets).\n"
     "frozen/req: mean ms a request of the route waited while other work held the loop, by "
     "culprit (stallwatch_request_frozen_seconds_total)."
@@ -142,6 +182,10 @@ def step_json(step: Step) -> dict[str, object]:
         "mode": step.mode,
         "threads": step.threads,
         "rate": step.rate,
+        "utilization": step.utilization,
+        "service": step.service,
+        "arrivals": step.arrivals,
+        "theory_p99": step.theory_p99 if math.isfinite(step.theory_p99) else None,
         "duration": step.duration,
         "routes": [r.to_wire() for r in step.client],
         "server": {
@@ -154,114 +198,3 @@ def step_json(step: Step) -> dict[str, object]:
         },
         "stall_lines": [asdict(line) for line in step.stall_lines],
     }
-
-
-@dataclass(frozen=True)
-class Check:
-    """The demo's claim at one load where blocking mode's tail took off."""
-
-    blocking: Step
-    executor: Step | None
-    """Executor mode on the same demo (same pool), at the same load."""
-    others: list[Step]
-    """Executor mode with other pool sizes at the same load: the trade-off."""
-
-    @property
-    def ping_server_mean(self) -> float:
-        ping = self.blocking.server.routes.get(PING)
-        return ping.mean() if ping is not None else float("nan")
-
-    @property
-    def frozen_by_cache(self) -> float:
-        return self.blocking.server.frozen_per_request(PING, CACHE)
-
-    @property
-    def share(self) -> float:
-        mean = self.ping_server_mean
-        return self.frozen_by_cache / mean if mean > 0 else float("nan")
-
-    @property
-    def top_culprit(self) -> str:
-        return next(iter(self.blocking.server.frozen.get(PING, {})), "none")
-
-    def removed(self, step: Step) -> float:
-        before = self.frozen_by_cache
-        after = step.server.frozen_per_request(PING, CACHE)
-        return 1 - after / before if before > 0 else float("nan")
-
-    @property
-    def holds(self) -> bool:
-        return (
-            self.executor is not None
-            and self.top_culprit == CACHE
-            and self.share >= 0.5
-            and self.removed(self.executor) >= 0.75
-        )
-
-
-def took_off(steps: Sequence[Step]) -> tuple[Step | None, list[Step]]:
-    """(the lowest blocking load, the blocking loads whose ``/ping`` p99 is at least 3x that
-    one's and at least 10 ms): where the tail has taken off."""
-    blocking = sorted((s for s in steps if s.mode == "blocking"), key=lambda s: s.rate)
-    if not blocking:
-        return None, []
-    base = blocking[0].p99(PING)
-    return blocking[0], [s for s in blocking[1:] if s.p99(PING) >= max(3 * base, 0.010)]
-
-
-def checks(steps: Sequence[Step]) -> list[Check]:
-    _, high = took_off(steps)
-    out = []
-    for step in high:
-        same_rate = [s for s in steps if s.mode == "executor" and s.rate == step.rate]
-        executor = next((s for s in same_rate if s.threads == step.threads), None)
-        out.append(Check(step, executor, [s for s in same_rate if s is not executor]))
-    return out
-
-
-def _executor_line(check: Check, step: Step) -> str:
-    stalls = causes_text(step)
-    return (
-        f"  {mode_label(step.mode, step.threads)}: "
-        f"{step.server.frozen_per_request(PING, CACHE) * 1e3:.2f} ms per /ping frozen by {CACHE} "
-        f"({check.removed(step):.0%} of it removed), /ping p99 {ms(step.p99(PING), 0)} ms, "
-        f"{CACHE} p99 {ms(step.p99(CACHE), 0)} ms; stalls: {stalls or 'none'}"
-    )
-
-
-def verdict(steps: Sequence[Step]) -> str:
-    lowest, _ = took_off(steps)
-    found = checks(steps)
-    if lowest is None:
-        return "VERDICT: not checked: blocking mode was not run."
-    base = f"{ms(lowest.p99(PING), 0)} ms at {lowest.rate:g}/s"
-    if not found:
-        return (
-            f"VERDICT: not shown: blocking mode's /ping p99 never reached 3x its {base} (and "
-            "10 ms); offer more load (--rates) to find where the tail takes off."
-        )
-    lines = []
-    for c in found:
-        b = c.blocking
-        lines.append(
-            f"At {b.rate:g} cache req/s blocking mode's /ping p99 took off: "
-            f"{ms(b.p99(PING), 0)} ms (vs {base}).\n"
-            f"  {mode_label(b.mode, b.threads)}: stallwatch counts "
-            f"{c.frozen_by_cache * 1e3:.1f} ms per /ping request frozen by {CACHE}, "
-            f"{c.share:.0%} of its {ms(c.ping_server_mean, 0)} ms mean time in the server "
-            f"(top culprit: {c.top_culprit})"
-        )
-        if c.executor is None:
-            lines.append("  executor mode was not run on this demo at this load: not checked")
-        else:
-            lines.append(_executor_line(c, c.executor) + (" -> HOLDS" if c.holds else " -> FAILS"))
-        lines += [_executor_line(c, other) + " (the pool-size trade-off)" for other in c.others]
-    checked = [c for c in found if c.executor is not None]
-    held = sum(c.holds for c in checked)
-    outcome = "NOT CHECKED" if not checked else "HOLDS" if held == len(checked) else "FAILS"
-    lines.append(
-        f"VERDICT: {outcome} at {held} of {len(checked)} loads where the tail took off. Claim: "
-        f"there, /ping's time is mostly (>= 50%) frozen time that stallwatch attributes to "
-        f"{CACHE}, and executor mode removes >= 75% of it."
-    )
-    return "\n".join(lines)

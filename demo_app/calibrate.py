@@ -1,0 +1,125 @@
+"""How much of the server one request costs, so loads can be offered as a share of its loop.
+
+The event loop is one thread, and in blocking mode a cache request holds it from start to
+end: the loop serves cache requests one after another, each taking a fixed time ``D``. Its
+capacity is ``1 / D`` cache requests per second, and a load is a share of that. The
+calibration (``steps.calibrate`` runs it, in blocking mode) measures:
+
+1. ``D``, by saturation: bursts of cache requests sent all at once. The loop serves them back
+   to back, so the answers come out ``D`` apart, whatever the read, the HTTP parsing, the
+   routing and stallwatch each cost. That is wall-clock time: on a machine shared with other
+   work, the CPU the server really gets is in it, as it will be during the sweep.
+2. ``base``: the share of the loop taken by the steady traffic every step carries (``/items``
+   and the ``/ping`` probe) and by the idle server (stallwatch's heartbeat, uvicorn's timers),
+   from the server's CPU seconds (``process_cpu_seconds_total``) over a run of that traffic
+   alone, turned into loop time by the share of the CPU the server got in the bursts.
+
+Utilization is then a straight line in the cache rate, and a target load is a rate.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """The steady traffic alone: how long it lasted and the server CPU it used."""
+
+    seconds: float
+    cpu_seconds: float
+
+    @property
+    def busy(self) -> float:
+        """The share of one CPU the server used."""
+        return self.cpu_seconds / self.seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Saturation:
+    """Bursts of ``size`` cache requests sent at once, and the server CPU they used."""
+
+    spans: tuple[float, ...]
+    """Per burst, seconds from its first answer to its last."""
+    size: int
+    cpu_seconds: float
+
+    @property
+    def service(self) -> float:
+        """Seconds between answers: one cache request's hold on the loop. The median burst,
+        so one burst that a neighbour's work stretched does not set the figure."""
+        return statistics.median(self.spans) / (self.size - 1)
+
+    @property
+    def cpu_per_request(self) -> float:
+        return self.cpu_seconds / (len(self.spans) * self.size)
+
+
+def service_span(completions: Sequence[float]) -> float:
+    """First to last answer of a burst (the first answer waited for its own read only)."""
+    return max(completions) - min(completions)
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    base: float
+    """Share of the loop taken by the steady traffic and the idle server, without cache reads."""
+    cache_cost: float
+    """Seconds of loop one cache request takes: the service time ``D`` of the M/D/1 model."""
+    cpu_share: float
+    """The share of a CPU the server got while saturated: below 1 when the machine is busy."""
+    source: str
+    """Where the CPU seconds came from, for the printout."""
+
+    def utilization(self, cache_rate: float) -> float:
+        return self.base + cache_rate * self.cache_cost
+
+    def rate(self, utilization: float) -> float:
+        """Cache requests per second that bring the loop to ``utilization`` (0.85 = 85 %)."""
+        if utilization <= self.base:
+            raise ValueError(
+                f"a load of {utilization:.0%} is below the {self.base:.0%} that the steady "
+                "traffic alone takes; ask for more, or lower --items-rate and --probe-rate"
+            )
+        return (utilization - self.base) / self.cache_cost
+
+    @property
+    def capacity(self) -> float:
+        """Cache requests per second that fill the loop (100 %), on top of the steady traffic."""
+        return (1 - self.base) / self.cache_cost
+
+
+def fit(light: Run, saturation: Saturation, *, source: str) -> Calibration:
+    """The calibration from the steady run and the bursts.
+
+    CPU counters tick in hundredths of a second: the bursts last long enough that this is a
+    few percent at most. With no CPU counter at all (``cpu_seconds`` 0), the server is taken
+    to have had a whole CPU.
+    """
+    if saturation.size < 2 or not saturation.spans:
+        raise ValueError("saturation needs bursts of at least two requests")
+    service = saturation.service
+    if service <= 0:
+        raise ValueError(f"the bursts' answers came out {service!r} s apart: nothing measured")
+    measured = saturation.cpu_per_request / service
+    share = min(1.0, measured) if measured > 0 else 1.0
+    return Calibration(
+        base=min(light.busy / share, 0.95), cache_cost=service, cpu_share=share, source=source
+    )
+
+
+def burst_size(read_seconds: float, seconds: float = 0.3, low: int = 30, high: int = 200) -> int:
+    """Requests per burst: enough to keep the loop busy for about ``seconds``."""
+    if read_seconds <= 0:
+        return low
+    return max(low, min(high, round(seconds / read_seconds)))
+
+
+def percent(text: str) -> list[float]:
+    """``30,60,85`` -> ``[0.30, 0.60, 0.85]``; what ``--loads`` takes."""
+    values = [float(v) / 100 for v in text.split(",") if v.strip()]
+    if not values or any(v <= 0 for v in values):
+        raise ValueError(f"loads must be positive percentages, got {text!r}")
+    return values
