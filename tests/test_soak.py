@@ -83,33 +83,6 @@ def values(registry: CollectorRegistry, family: str, label: str) -> set[str]:
     return {dict(labels)[label] for labels in label_sets(registry).get(family, set())}
 
 
-def internal_errors(registry: CollectorRegistry) -> float:
-    return sum(
-        s.value
-        for f in registry.collect()
-        if f.name == "stallwatch_internal_errors"
-        for s in f.samples
-        if s.name.endswith("_total")
-    )
-
-
-async def lifespan(app: Any) -> Callable[[], Any]:
-    """Start ``app``'s lifespan (and so the monitor); returns the coroutine that ends it."""
-    inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
-    replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
-    task = asyncio.ensure_future(app(scope, inbox.get, replies.put))
-    await inbox.put({"type": "lifespan.startup"})
-    assert (await replies.get())["type"] == "lifespan.startup.complete"
-
-    async def shutdown() -> None:
-        await inbox.put({"type": "lifespan.shutdown"})
-        assert (await replies.get())["type"] == "lifespan.shutdown.complete"
-        await task
-
-    return shutdown
-
-
 async def soak(
     app: Any,
     count: int,
@@ -151,7 +124,7 @@ def test_a_long_run_of_messy_traffic_keeps_memory_flat_and_labels_bounded() -> N
             held[done] = held_by_stallwatch()
 
     async def main() -> Counter[str]:
-        shutdown = await lifespan(app)
+        shutdown = await proof_routes.lifespan(app)
         try:
             return await soak(app, REQUESTS, random.Random(12), checkpoint)
         finally:
@@ -183,7 +156,7 @@ def test_a_long_run_of_messy_traffic_keeps_memory_flat_and_labels_bounded() -> N
     assert all(s.isdigit() and 100 <= int(s) <= 599 for s in statuses), statuses
     for family in ("stallwatch_route_loop_hold_seconds", "stallwatch_route_loop_busy_seconds"):
         assert values(registry, family, "route") <= routes | {"<background>"}
-    assert internal_errors(registry) == 0
+    assert proof_routes.internal_errors(registry) == 0
 
 
 def test_group_status_labels_status_by_class_and_keeps_the_series_few() -> None:
@@ -196,7 +169,7 @@ def test_group_status_labels_status_by_class_and_keeps_the_series_few() -> None:
 
     async def main() -> None:
         for app in apps:
-            shutdown = await lifespan(app)
+            shutdown = await proof_routes.lifespan(app)
             try:
                 await soak(app, 5_000, random.Random(7), lambda done: None, range(200, 600))
             finally:
@@ -209,4 +182,4 @@ def test_group_status_labels_status_by_class_and_keeps_the_series_few() -> None:
     assert {"2xx", "4xx", "5xx"} <= values(grouped, family, "status")
     assert len(values(exact, family, "status")) > 100  # /status/{code} answered most codes
     assert len(label_sets(grouped)[family]) * 5 < len(label_sets(exact)[family])
-    assert internal_errors(grouped) == internal_errors(exact) == 0
+    assert proof_routes.internal_errors(grouped) == proof_routes.internal_errors(exact) == 0

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import anyio.lowlevel
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
@@ -254,3 +255,30 @@ def random_request(
         ("GET", "/api/v1/health", {}),
     ]
     return rng.choice(choices)
+
+
+def internal_errors(registry: CollectorRegistry) -> float:
+    return sum(
+        s.value
+        for f in registry.collect()
+        if f.name == "stallwatch_internal_errors"
+        for s in f.samples
+        if s.name.endswith("_total")
+    )
+
+
+async def lifespan(app: Any) -> Callable[[], Any]:
+    """Start ``app``'s lifespan (and so the monitor); returns the coroutine that ends it."""
+    inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+    task = asyncio.ensure_future(app(scope, inbox.get, replies.put))
+    await inbox.put({"type": "lifespan.startup"})
+    assert (await replies.get())["type"] == "lifespan.startup.complete"
+
+    async def shutdown() -> None:
+        await inbox.put({"type": "lifespan.shutdown"})
+        assert (await replies.get())["type"] == "lifespan.shutdown.complete"
+        await task
+
+    return shutdown
