@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.apps.report_app import DEMO_ENV, DEMO_TARGET, demo_blocking_line, put_load
+from tests.apps.report_app import demo_blocking_line, loaded_demo
 from tests.servers import ROOT, free_port, uvicorn
 
 SCRIPT = Path(sys.executable).with_name("stallwatch")
@@ -40,13 +38,7 @@ _ENTRY = "import sys; from stallwatch.cli import main; sys.exit(main())"
 
 @pytest.fixture(scope="module")
 def demo() -> Iterator[str]:
-    with uvicorn(DEMO_TARGET, env=DEMO_ENV, ready_path="/ping") as base:
-        put_load(base)
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline:
-            if httpx.get(f"{base}/_stallwatch/api/summary").json()["stalls"] >= 5:
-                break
-            time.sleep(0.1)
+    with loaded_demo() as base:
         yield base
 
 

@@ -11,11 +11,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -23,8 +21,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.apps.report_app import DEMO_ENV, DEMO_TARGET, demo_blocking_line, put_load
-from tests.servers import ROOT, uvicorn
+from tests.apps.report_app import demo_blocking_line, loaded_demo
+from tests.servers import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -68,13 +66,7 @@ def browser() -> Iterator[WebDriver]:
 
 @pytest.fixture(scope="module")
 def demo() -> Iterator[str]:
-    with uvicorn(DEMO_TARGET, env=DEMO_ENV, ready_path="/ping") as base:
-        put_load(base)
-        deadline = time.monotonic() + 10.0
-        while httpx.get(f"{base}/_stallwatch/api/summary").json()["stalls"] < 5:
-            assert time.monotonic() < deadline, "the demo in blocking mode did not stall"
-            time.sleep(0.1)
-        put_load(base, clients=3, requests=6)  # the chart's latest seconds have load too
+    with loaded_demo() as base:
         yield base
 
 

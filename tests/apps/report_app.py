@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +136,32 @@ def put_load(base: str, *, clients: int = 4, requests: int = 12) -> None:
         thread.start()
     for thread in threads:
         thread.join(120.0)
+
+
+@contextmanager
+def loaded_demo(*, stalls: int = 5, timeout: float = 60.0) -> Iterator[str]:
+    """The demo served by real uvicorn, once its report holds ``stalls`` stalls; yields its URL.
+
+    Generous timeouts: seeding the table and the first reads are slow on a loaded machine.
+    """
+    import sys
+
+    import httpx
+
+    from tests.servers import free_port, running
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "uvicorn", DEMO_TARGET, "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--log-level", "warning"]
+    with running(command, base + "/ping", env=DEMO_ENV, timeout=timeout):
+        deadline = time.monotonic() + timeout
+        while httpx.get(f"{base}/_stallwatch/api/summary", timeout=30).json()["stalls"] < stalls:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the demo in blocking mode had not stalled {stalls} times")
+            put_load(base)
+        put_load(base, clients=3, requests=6)  # the latest seconds have load too
+        yield base
 
 
 def demo_blocking_line() -> str:
