@@ -74,7 +74,6 @@ class LoopWatcher:
                 return  # ours from an earlier run, or the app's own
             monitor = LoopMonitor(loop, **self.options)
             if monitor.start():
-                _lock_drain(monitor)
                 with self._lock:
                     self._monitors.append(monitor)
                     self.loops += 1
@@ -106,39 +105,7 @@ class LoopWatcher:
 
 def settle(monitor: LoopMonitor, deadline: float) -> None:
     """Wait until the monitor's watchdog has recorded every stall that has ended."""
-    public = getattr(monitor, "settle", None)
-    if callable(public):
-        public(max(0.0, deadline - time.monotonic()))
-        return
-    watchdog = getattr(monitor, "_watchdog", None)
-    ended = getattr(watchdog, "_ended", None)
-    lock = getattr(watchdog, "_stallwatch_pytest_lock", None)
-    if watchdog is None or ended is None or lock is None:
-        return
-    while ended and time.monotonic() < deadline and watchdog.thread.is_alive():
-        time.sleep(0.001)
-    if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-        lock.release()
-
-
-def _lock_drain(monitor: LoopMonitor) -> None:
-    """Until the monitor has a public ``settle``: put a lock around the watchdog step that
-    drains its queue of ended stretches, so that a stretch popped but not yet recorded is
-    waited for. Done right after ``start()``, before the first stall can end."""
-    if callable(getattr(monitor, "settle", None)):
-        return
-    watchdog: Any = getattr(monitor, "_watchdog", None)
-    drain = getattr(watchdog, "_finish_ended", None)
-    if drain is None or not hasattr(watchdog, "_ended"):
-        return
-    lock = threading.Lock()
-
-    def locked_drain() -> None:
-        with lock:
-            drain()
-
-    watchdog._stallwatch_pytest_lock = lock
-    watchdog._finish_ended = locked_drain
+    monitor.settle(max(0.0, deadline - time.monotonic()))
 
 
 class TestClientRoutes:

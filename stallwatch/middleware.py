@@ -24,7 +24,7 @@ from .options import MiddlewareOptions, monitor_options
 from .routes import UNMATCHED, RouteResolver, default_resolver
 from .spans import RequestSpan
 from .tally import RequestMetrics
-from .tasks import CURRENT
+from .tasks import CURRENT, adopt_current_task
 from .timeline import Timeline
 
 logger = logging.getLogger("stallwatch")
@@ -125,6 +125,10 @@ class StallwatchMiddleware:
         if span is None:
             await self.app(scope, receive, send)
             return
+        if CURRENT.get() is not None:
+            # This request's task was started inside another request's context (uvicorn
+            # starts a pipelined request from the previous one's send): it is this one's.
+            adopt_current_task(span)
         token = CURRENT.set(span)
         try:
             await span.wrap(
@@ -173,6 +177,7 @@ class StallwatchMiddleware:
                 frozen,
                 timeline.floor,
             )
+            span.release()
         except Exception:
             self._internal_error("middleware")
 

@@ -119,6 +119,12 @@ class LoopMonitor:
         for flush in self._flushers:
             flush()
 
+    def settle(self, timeout: float = 1.0) -> bool:
+        """Wait until every stall that has ended is in ``recent_stalls()`` (any thread but
+        the loop's); False if the watchdog took longer than ``timeout`` seconds."""
+        watchdog = self._watchdog
+        return watchdog.settle(timeout) if watchdog is not None else True
+
     def recent_stalls(self) -> list[StallEvent]:
         """The last stall events, oldest first."""
         return list(self._events)

@@ -46,16 +46,9 @@ def _buckets(name: str, value: Sequence[float] | None) -> tuple[float, ...] | No
 
 
 def _in_app(value: object) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, (tuple, list)):
-        raise TypeError(f"in_app_include must be a tuple of module names or folders, got {value!r}")
-    if not all(isinstance(entry, str) and entry for entry in value):
-        raise TypeError(f"in_app_include entries must be non-empty strings, got {value!r}")
-    from . import sampling  # the sampler knows how a module name maps to its files
+    from .sampling import resolve_in_app  # the sampler knows how a module maps to its files
 
-    resolve: Callable[[tuple[str, ...]], tuple[str, ...]] | None = getattr(
-        sampling, "resolve_in_app", None
-    )
-    return resolve(tuple(value)) if resolve is not None else tuple(value)
+    return resolve_in_app(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -199,9 +199,6 @@ class StackSampler:
                 return frame
         return None
 
-    top_user_frame = top_frame
-    """The former name, kept until the watchdog calls ``top_frame``."""
-
     def started_by(self, skip: int = 0) -> Frame | None:
         """The innermost app frame of the calling thread's stack: from a task factory, the
         line that asked for the task (``create_task``, ``gather``, ``TaskGroup.create_task``,

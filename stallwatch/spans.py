@@ -106,6 +106,13 @@ class Steps:
 Coroutine.register(Steps)  # asyncio.Task accepts what passes asyncio.iscoroutine()
 
 
+def _released(*args: Any) -> Any:
+    raise RuntimeError("this request has ended")
+
+
+_RELEASED: Scope = {}
+
+
 class RequestSpan(Steps):
     """A request: its route, status and loop time; the ``Steps`` of its own coroutine."""
 
@@ -151,6 +158,19 @@ class RequestSpan(Steps):
         self.status = 0
         self.done = False
         """Set when the response ended; tasks it started may still run and be charged."""
+
+    def release(self) -> None:
+        """The request has ended: let go of everything but the figures.
+
+        The span can live on after its request (the timeline keeps it until the loop polls,
+        a task the request started keeps it as long as it runs); without this it would keep
+        the request's scope, coroutine and send alive that long, and its reference to itself
+        would leave it to the garbage collector. Both made collections several times as
+        frequent under load (benchmarks/gc_tail.py).
+        """
+        del self.span  # the self-reference: a request's own Steps is done
+        self.scope = _RELEASED
+        self._coro = self._send = self._resolve = _released
 
     def wrap(self, awaitable: Any) -> RequestSpan:
         self._coro = awaitable if type(awaitable) is CoroutineType else awaitable.__await__()

@@ -6,6 +6,7 @@ import logging
 from time import perf_counter
 
 from .events import StallEvent
+from .sampling import innermost_frame
 
 logger = logging.getLogger("stallwatch")
 
@@ -14,8 +15,11 @@ def where(event: StallEvent) -> str:
     """The line to name: the app's top frame, else the innermost frame sampled, else why not."""
     if event.top_frame is not None:
         return str(event.top_frame)
-    if event.stacks and event.stacks[0].frames:
-        return f"{event.stacks[0].frames[-1]} (no frame of the application's code)"
+    if event.stacks:
+        innermost = innermost_frame(event.stacks[0].frames)
+        if innermost is not None:
+            return f"{innermost} (no frame of the application's code)"
+        return "the loop's own code (no callback was running)"
     return "no stack sampled"
 
 

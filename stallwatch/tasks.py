@@ -34,6 +34,15 @@ CURRENT: ContextVar[RequestSpan | None] = ContextVar("stallwatch_request", defau
 TaskFactory = Callable[..., "asyncio.Future[Any]"]
 
 
+def adopt_current_task(span: RequestSpan) -> None:
+    """Make the running task ``span``'s, if it was taken for another request's task."""
+    task = asyncio.current_task()
+    steps = task.get_coro() if task is not None else None
+    if isinstance(steps, Steps) and steps.span is not span:
+        steps.span = span
+        steps.started_by = None
+
+
 class TaskAttribution:
     """Keeps this module's task factory on one loop, in front of any other (loop thread)."""
 

@@ -59,6 +59,9 @@ class Watchdog:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._ended: deque[Stretch] = deque()
+        self._handed = 0  # stretches handed over by the loop thread (only it writes this)
+        self._finished = 0  # of those, turned into events or dropped (only we write this)
+        self._settled = threading.Condition()
         self._samples: deque[_Sample] = deque(maxlen=4096)
         # (intended, actual) of wake-ups that came late: the watchdog was held off in between
         self._late: deque[tuple[float, float]] = deque(maxlen=256)
@@ -75,8 +78,21 @@ class Watchdog:
     # -- called from the loop thread ---------------------------------------------------------
 
     def stall_ended(self, stretch: Stretch) -> None:
+        self._handed += 1
         self._ended.append(stretch)
         self._wake.set()
+
+    # -- called from any thread --------------------------------------------------------------
+
+    def settle(self, timeout: float) -> bool:
+        """Wait until every stall handed over so far has been turned into an event (or
+        dropped); False if that took longer than ``timeout`` seconds."""
+        target = self._handed
+        self._wake.set()
+        with self._settled:
+            return self._settled.wait_for(
+                lambda: self._finished >= target or not self.thread.is_alive(), timeout
+            )
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -179,6 +195,9 @@ class Watchdog:
                     self._monitor.record(event)
             except Exception:
                 self._monitor.internal_error("watchdog", once=True)
+            with self._settled:
+                self._finished += 1
+                self._settled.notify_all()
 
     def _event(self, stretch: Stretch) -> StallEvent | None:
         samples = [s for s in self._samples if stretch.start <= s.at <= stretch.end]

@@ -11,6 +11,7 @@ request was frozen by that route for the time the block really took.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,14 @@ import httpx
 import pytest
 
 from stallwatch import BACKGROUND
-from tests.middleware_support import AppSpec, Metrics, Server, poll, requests_in_flight
+from tests.middleware_support import (
+    AppSpec,
+    Metrics,
+    RawConnection,
+    Server,
+    poll,
+    requests_in_flight,
+)
 from tests.servers import uvicorn
 
 BLOCK = 0.25
@@ -196,3 +204,32 @@ def test_no_internal_error_and_no_unrouted_name(server: Server) -> None:
     text = httpx.get(f"{server.base}/metrics").text
     assert "<unrouted>" not in text
     assert Metrics(text).internal_errors() == 0
+
+
+def test_requests_pipelined_behind_a_request_are_not_its_tasks(server: Server) -> None:
+    """uvicorn starts a pipelined request's task from inside the previous request's send, in
+    its context: that task is the new request's, not one the previous request started."""
+    busy = "stallwatch_route_loop_busy_seconds_total"
+    before = server.metrics()
+    connection = RawConnection(server.base)
+    try:
+        connection.send_get("/shape/direct?seconds=0.05")
+        for item in range(20):
+            connection.send_get(f"/items/{item}")
+        status, body = connection.read_response()
+        assert status == 200
+        blocked = json.loads(body)["blocked"]
+        assert [connection.read_response()[0] for _ in range(20)] == [200] * 20
+    finally:
+        connection.close()
+    after = poll(
+        lambda: m
+        if ((m := server.metrics()).value(busy, route=VICTIM) or 0)
+        > (before.value(busy, route=VICTIM) or 0)
+        else None,
+        "the pipelined requests' busy time",
+    )
+    direct = (after.value(busy, route="/shape/direct") or 0) - (
+        before.value(busy, route="/shape/direct") or 0
+    )
+    assert blocked <= direct <= blocked + 0.005, (direct, blocked)
