@@ -14,7 +14,7 @@ blocking statement (``perf_counter``); each tool's report is held to that:
 - aiodebug: its slow-callback report that covers the block.
 - fastapi-loopguard: the block route's own ``x-blocking-total-ms`` header (``dev_mode``).
 
-    python -m benchmarks.accuracy            # the full run, about 12 minutes
+    python -m benchmarks.accuracy            # the full run, about 12 minutes (3 reps)
     python -m benchmarks.accuracy --quick    # two kinds, two sizes, once: about 30 s
 
 Run it under ``flock /tmp/stallwatch-bench.lock`` on a shared machine. Every tool gets the same
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loops", default="asyncio,uvloop")
     parser.add_argument("--kinds", help=f"default: {','.join(KINDS)}")
     parser.add_argument("--sizes", help=f"block sizes, ms; default: {','.join(map(str, SIZES_MS))}")
-    parser.add_argument("--reps", type=int, default=8, help="blocks of each kind and size")
+    parser.add_argument("--reps", type=int, default=3, help="blocks of each kind and size")
     parser.add_argument("--gc-max-ms", type=int, default=500, help="larger gc pauses need GBs")
     parser.add_argument("--threshold", type=float, default=0.004, help="seconds, every tool")
     parser.add_argument("--tools", default=",".join(TOOLS))
