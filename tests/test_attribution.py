@@ -34,6 +34,7 @@ from tests.servers import uvicorn
 BLOCK = 0.25
 IN_FLIGHT = 3
 VICTIM = "/items/{item_id}"
+QUART = AppSpec("quart", "tests.apps.attribution_quart:app", "/metrics")
 APP = AppSpec("attribution", "tests.apps.attribution_app:app", "/metrics")
 
 STARTED_IN = {
@@ -67,10 +68,10 @@ def loop_name(request: pytest.FixtureRequest) -> str:
     return name
 
 
-def start(loop_name: str, tmp: Path, basehttp: str) -> Iterator[Server]:
+def start(loop_name: str, tmp: Path, basehttp: str, spec: AppSpec = APP) -> Iterator[Server]:
     env = {"SW_STALL_THRESHOLD": "0.1", "SW_STATE_DIR": str(tmp), "SW_BASEHTTP": basehttp}
-    with uvicorn(APP.target, args=("--loop", loop_name), env=env) as base:
-        server = Server(APP, base)
+    with uvicorn(spec.target, args=("--loop", loop_name), env=env) as base:
+        server = Server(spec, base)
         try:
             yield server
         finally:
@@ -96,7 +97,7 @@ def fired_blocks(server: Server) -> list[float]:
 
 
 def block_while_others_wait(
-    server: Server, shape: str
+    server: Server, shape: str, victim: str = VICTIM
 ) -> tuple[float, dict[str, Any], Metrics, Metrics]:
     """Block from ``shape`` while three requests wait; (blocked, its stall, before, after).
 
@@ -126,7 +127,7 @@ def block_while_others_wait(
     after = poll(
         lambda: (
             m
-            if frozen_by(m := server.metrics(), VICTIM, shape) > frozen_by(before, VICTIM, shape)
+            if frozen_by(m := server.metrics(), victim, shape) > frozen_by(before, victim, shape)
             else None
         ),
         "the victims' frozen time",
@@ -134,11 +135,11 @@ def block_while_others_wait(
     return blocked, stalls[0], before, after
 
 
-def assert_attributed(server: Server, shape: str) -> None:
-    blocked, stall, before, after = block_while_others_wait(server, shape)
+def assert_attributed(server: Server, shape: str, victim: str = VICTIM) -> None:
+    blocked, stall, before, after = block_while_others_wait(server, shape, victim)
     assert stall["culprits"][shape] > 0.9, stall["culprits"]
     assert shape not in stall["victims"], stall["victims"]
-    assert stall["victims"] == {VICTIM: IN_FLIGHT}
+    assert stall["victims"] == {victim: IN_FLIGHT}
     assert blocked - 0.001 <= stall["duration"] <= blocked + max(0.005, 0.05 * blocked)
     assert stall["top_frame"].endswith("in block_sleep"), stall["top_frame"]
     if shape in STARTED_IN:
@@ -153,7 +154,7 @@ def assert_attributed(server: Server, shape: str) -> None:
     assert background < 0.02, background
 
     # Each waiting request was frozen by the shape's route for the time the block took.
-    per_victim = (frozen_by(after, VICTIM, shape) - frozen_by(before, VICTIM, shape)) / IN_FLIGHT
+    per_victim = (frozen_by(after, victim, shape) - frozen_by(before, victim, shape)) / IN_FLIGHT
     tolerance = max(0.002, 0.05 * blocked)
     assert blocked - tolerance <= per_victim <= blocked + tolerance, (per_victim, blocked)
 
@@ -172,6 +173,13 @@ def test_a_block_behind_a_base_http_middleware_names_the_route(
     for server in start(loop_name, tmp_path, basehttp):
         assert_attributed(server, "/shape/direct")
         assert_attributed(server, "/shape/gather")
+
+
+def test_quart_handlers_which_run_in_tasks_of_their_own_name_their_url_rule(
+    loop_name: str, tmp_path: Path
+) -> None:
+    for server in start(loop_name, tmp_path, "none", QUART):
+        assert_attributed(server, "/shape/direct", victim="/items/<int:item_id>")
 
 
 def test_route_loop_time_counts_the_requests_tasks(server: Server) -> None:
@@ -223,10 +231,12 @@ def test_requests_pipelined_behind_a_request_are_not_its_tasks(server: Server) -
     finally:
         connection.close()
     after = poll(
-        lambda: m
-        if ((m := server.metrics()).value(busy, route=VICTIM) or 0)
-        > (before.value(busy, route=VICTIM) or 0)
-        else None,
+        lambda: (
+            m
+            if ((m := server.metrics()).value(busy, route=VICTIM) or 0)
+            > (before.value(busy, route=VICTIM) or 0)
+            else None
+        ),
         "the pipelined requests' busy time",
     )
     direct = (after.value(busy, route="/shape/direct") or 0) - (
