@@ -110,6 +110,25 @@ def fit(light: Run, saturation: Saturation, *, source: str) -> Calibration:
     )
 
 
+STEADY_SHARE = 0.10
+"""The most of the loop the steady traffic may take: on a slow server it is thinned to this,
+so that even the lowest load is mostly cache reads and every load can be offered."""
+
+
+def thinned(
+    base: float, items_rate: float, probe_rate: float, cap: float = STEADY_SHARE
+) -> tuple[float, float]:
+    """Steady rates (``/items``, ``/ping``) that take about ``cap`` of the loop where the
+    given ones take ``base``; unchanged when they already fit. The probe keeps at least
+    20 requests a second, or its p99 would rest on a handful of samples."""
+    if base <= cap:
+        return items_rate, probe_rate
+    factor = cap / base
+    return max(items_rate * factor, min(items_rate, 10.0)), max(
+        probe_rate * factor, min(probe_rate, 20.0)
+    )
+
+
 def burst_size(read_seconds: float, seconds: float = 0.3, low: int = 30, high: int = 200) -> int:
     """Requests per burst: enough to keep the loop busy for about ``seconds``."""
     if read_seconds <= 0:

@@ -4,6 +4,7 @@ and load, each read back from the demo's ``/metrics`` and ``/demo/stalls``."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import time
@@ -15,7 +16,7 @@ import aiohttp
 
 from . import report
 from .arrivals import Arrivals, schedule
-from .calibrate import Calibration, Run, Saturation, burst_size, fit, service_span
+from .calibrate import Calibration, Run, Saturation, burst_size, fit, service_span, thinned
 from .openloop import ProbeProcess, RouteLoad, RouteResult, control_session, offer, session
 from .progress import Progress
 from .report import CACHE, ITEMS, PING, Step
@@ -37,6 +38,8 @@ class Traffic:
     probe_rate: float
     seed: int
     connections: int
+    thin: bool = True
+    """Thin the steady traffic on a slow server (not when its rates were asked for)."""
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,7 @@ async def burst(target: Target, size: int) -> float:
 
 async def calibrate(
     target: Target, info: dict[str, Any], traffic: Traffic, progress: Progress
-) -> Calibration:
+) -> tuple[Calibration, Traffic]:
     """In blocking mode: the steady traffic alone, then bursts that saturate the loop."""
     await set_mode(target.control, target.base, "blocking")
     size = burst_size(float(info.get("read_seconds") or 0.0))
@@ -189,7 +192,20 @@ async def calibrate(
     for _ in range(BURSTS):
         spans.append(await burst(target, size))
     after, _ = await server_cpu(target)
-    return fit(light, Saturation(tuple(spans), size, after - before), source=source)
+    calibration = fit(light, Saturation(tuple(spans), size, after - before), source=source)
+    items, probe = thinned(calibration.base, traffic.items_rate, traffic.probe_rate)
+    if not traffic.thin or (items, probe) == (traffic.items_rate, traffic.probe_rate):
+        return calibration, traffic
+    # A slow server: the steady traffic alone would take much of the loop. Thin it, and
+    # measure what it takes now.
+    traffic = dataclasses.replace(traffic, items_rate=items, probe_rate=probe)
+    progress.note(
+        f"calibrating: the steady traffic took {calibration.base:.0%} of the loop; thinned to "
+        f"/items at {items:.0f}/s and /ping at {probe:.0f}/s, measured again"
+    )
+    light = await steady_run(target, 2.0, traffic)
+    base = min(light.busy / calibration.cpu_share, 0.95)
+    return dataclasses.replace(calibration, base=base), traffic
 
 
 async def run_step(
@@ -253,12 +269,13 @@ async def sweep(
     proc: subprocess.Popen[bytes] | None,
     plan: Plan,
     traffic: Traffic,
-    calibration: Calibration | None,
+    calibrated: tuple[Calibration, Traffic] | None,
     probe: ProbeProcess,
     progress: Progress,
-) -> tuple[Calibration, dict[str, Any], list[Step]]:
+) -> tuple[Calibration, Traffic, dict[str, Any], list[Step]]:
     """Every mode at every load against one demo, after a warm-up in each mode, calibrating
-    first unless an earlier demo on this machine already did."""
+    first unless an earlier demo on this machine already did (then its figures and its
+    steady traffic are kept, so every demo sees the same loads)."""
     async with session(traffic.connections) as load, control_session() as control:
         await wait_ready(control, base, proc)
         info: dict[str, Any] = await get_json(control, base + "/demo/info")
@@ -267,22 +284,24 @@ async def sweep(
         # first requests. Not reported.
         for mode in dict.fromkeys(["blocking", *plan.modes]):
             await set_mode(control, base, mode)
-            await offer_traffic(target, 50.0, 1.0, traffic, None)
-        if calibration is None:
-            calibration = await calibrate(target, info, traffic, progress)
-        rates = plan.rates or [calibration.rate(u) for u in plan.loads]
+            await offer_traffic(target, 20.0, 1.0, traffic, None)
+        calibration, traffic = calibrated or await calibrate(target, info, traffic, progress)
+        if plan.rates:
+            rates = list(plan.rates)
+        else:
+            rates = [calibration.rate(u) for u in plan.loads if u > calibration.base]
+            skipped = [u for u in plan.loads if u <= calibration.base]
+            if skipped:
+                progress.note(
+                    f"skipped loads {', '.join(f'{u:.0%}' for u in skipped)}: the steady "
+                    f"traffic alone takes {calibration.base:.0%} of the loop"
+                )
+        threads = plan.threads or info.get("executor_threads")
         steps = [
             await run_step(
-                target,
-                mode,
-                plan.threads or info.get("executor_threads"),
-                rate,
-                calibration,
-                plan.duration,
-                traffic,
-                progress,
+                target, mode, threads, rate, calibration, plan.duration, traffic, progress
             )
             for rate in rates
             for mode in plan.modes
         ]
-        return calibration, info, steps
+        return calibration, traffic, info, steps
