@@ -484,6 +484,21 @@ ROUTES_OF = {
 ROUTE_LABEL = re.compile(r'(?:route|culprit)="([^"]*)"')
 
 
+def scrape_once_counted(client: httpx.Client, sent: int) -> str | None:
+    """The scrape once all ``sent`` requests are counted, else None.
+
+    A request is counted when the app returns, which can come after its client has the whole
+    response: a file response closes its file, in a worker thread, after its last body message.
+    """
+    text = client.get("/metrics").text
+    counted = sum(
+        value
+        for name, _, value in Metrics(text).samples
+        if name == "stallwatch_http_request_duration_seconds_count"
+    )
+    return text if counted >= sent else None
+
+
 @pytest.mark.parametrize("framework", list(REQUESTS_OF))
 def test_metrics_of_every_framework_name_templates_never_raw_paths(framework: str) -> None:
     target = f"tests.apps.routes_{framework}:app"
@@ -493,18 +508,21 @@ def test_metrics_of_every_framework_name_templates_never_raw_paths(framework: st
     ):
         for path in REQUESTS_OF[framework]:
             client.get(path)
+        sent = len(REQUESTS_OF[framework])
         if framework == "starlette":
             # ?block=60 held the loop in a user middleware before the router ran: the stall
             # is charged to the route the router then selected, whatever its cause was.
             def stalled() -> str | None:
-                text = client.get("/metrics").text
+                text = scrape_once_counted(client, sent)
+                if text is None:
+                    return None
                 found = Metrics(text).labelsets("stallwatch_event_loop_stalls_total")
                 culprits = {labels["culprit"] for labels in found}
                 return text if "/a/items/{item_id:int}" in culprits else None
 
             text = poll(stalled, "a stall charged to /a/items/{item_id:int}", timeout=5.0)
         else:
-            text = client.get("/metrics").text
+            text = poll(lambda: scrape_once_counted(client, sent), f"{sent} requests counted")
     metrics = Metrics(text)
     duration = "stallwatch_http_request_duration_seconds_count"
     assert {labels["route"] for labels in metrics.labelsets(duration)} == ROUTES_OF[framework]
