@@ -84,14 +84,35 @@ def culprits(holders: Mapping[str, float], duration: float) -> tuple[str, dict[s
     return (ranked[0][0] if ranked else BACKGROUND), shares
 
 
-def victims(in_flight: Iterable[tuple[str, bool]]) -> dict[str, int]:
-    """Routes of the requests in flight that did not run in the stretch, with their counts.
+VICTIM_HELD_MAX = 0.5
+"""A request that held at least this share of a stall was (one of) its culprits, not a victim."""
 
-    ``in_flight`` gives each request's route and whether it ran in the stretch: a request
-    that ran is among the holders, never its own victim.
+
+@dataclass(frozen=True, slots=True)
+class Waiter:
+    """A request alive during a stall: its route, how long it held the loop in the stall, and
+    how long it was alive in it."""
+
+    route: str
+    held: float
+    alive: float
+
+
+def victims(
+    waiters: Iterable[Waiter], duration: float, floor: float
+) -> tuple[dict[str, int], dict[str, float]]:
+    """The routes a stall froze: how many requests of each, and for how many seconds in all.
+
+    A request that held the loop for most of the stall is its culprit, never its own victim;
+    every other request alive in it waited for whatever the others held while it was alive,
+    whether it ran a step in the stall (behind the others in the ready queue) or not.
     """
     counts: dict[str, int] = {}
-    for route, ran in in_flight:
-        if not ran:
-            counts[route] = counts.get(route, 0) + 1
-    return counts
+    frozen: dict[str, float] = {}
+    for waiter in waiters:
+        waited = waiter.alive - waiter.held
+        if waiter.held >= VICTIM_HELD_MAX * duration or waited < floor:
+            continue
+        counts[waiter.route] = counts.get(waiter.route, 0) + 1
+        frozen[waiter.route] = frozen.get(waiter.route, 0.0) + waited
+    return counts, frozen

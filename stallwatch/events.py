@@ -57,7 +57,7 @@ class StallEvent:
     culprits: dict[str, float]
     """Every holder of the loop during the stall and its share (0..1), largest first."""
     victims: dict[str, int]
-    """Routes of the requests that were in flight, with how many of each."""
+    """Routes of the requests the stall froze (alive in it, not its culprits), how many each."""
     top_frame: Frame | None
     """The innermost frame of the application's code (outside the standard library,
     site-packages and stallwatch, unless ``in_app_include`` names them)."""
@@ -76,6 +76,8 @@ class StallEvent:
     """The stall ran inside ``stallwatch.allow_blocking()``: counted, but expected."""
     started_by: Frame | None = None
     """For a stall in a task that a request started: the request's line that started it."""
+    frozen: dict[str, float] = field(default_factory=dict)
+    """Seconds the victims of each route waited in the stall, all of them together."""
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready view, the one ``/demo/stalls`` and the reports print."""
@@ -86,6 +88,7 @@ class StallEvent:
             "culprit": self.culprit,
             "culprits": dict(self.culprits),
             "victims": dict(self.victims),
+            "frozen": dict(self.frozen),
             "top_frame": str(self.top_frame) if self.top_frame else None,
             "started_by": str(self.started_by) if self.started_by else None,
             "allowed": self.allowed,

@@ -163,7 +163,7 @@ class StallwatchMiddleware:
     def _close(self, span: RequestSpan, end: float) -> None:
         try:
             timeline = span.timeline
-            timeline.request_ended(span)
+            timeline.request_ended(span, end)
             scope = span.scope
             kind = scope.get("type")
             route = span.route_label()

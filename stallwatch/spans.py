@@ -122,6 +122,8 @@ class RequestSpan(Steps):
         "base_seq",
         "busy",
         "done",
+        "ended",
+        "ended_in",
         "folded",
         "longest",
         "own_long",
@@ -158,6 +160,9 @@ class RequestSpan(Steps):
         self.status = 0
         self.done = False
         """Set when the response ended; tasks it started may still run and be charged."""
+        self.ended = 0.0
+        self.ended_in = -1
+        """When the request ended (perf_counter) and in which stretch (the timeline's)."""
 
     def release(self) -> None:
         """The request has ended: let go of everything but the figures.

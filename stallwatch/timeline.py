@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from time import perf_counter, process_time, thread_time
 from typing import TYPE_CHECKING
 
-from .decisions import victims
+from .decisions import Waiter, victims
 from .events import BACKGROUND
 
 if TYPE_CHECKING:
@@ -39,7 +39,8 @@ class Stretch:
     end: float
     duration: float
     holders: dict[str, float]  # culprit -> seconds it held the loop in this stretch
-    victims: dict[str, int]  # route -> in-flight requests that did not run in it
+    victims: dict[str, int]  # route -> requests it froze
+    frozen: dict[str, float]  # route -> seconds those requests waited in it, together
     thread_cpu: float  # thread_time() of the loop thread at the end
     process_cpu: float  # process_time() at the end
     allowed: bool = False
@@ -170,9 +171,11 @@ class Timeline:
     def request_started(self, span: RequestSpan) -> None:
         self.in_flight.add(span)
 
-    def request_ended(self, span: RequestSpan) -> None:
+    def request_ended(self, span: RequestSpan, end: float) -> None:
         self.in_flight.discard(span)
         span.done = True
+        span.ended = end
+        span.ended_in = self.stretch_id
 
     def take_late_busy(self) -> dict[str, float]:
         late = self.late_busy
@@ -229,6 +232,8 @@ class Timeline:
 
     def _log(self, end: float, busy: float) -> None:
         self._fold()
+        stall = busy >= self.threshold
+        froze = self._victims(end, busy) if stall else None  # before ``ran`` is reset
         holders = self.holders
         self.holders = {}  # this stretch keeps the folded dict; the next one starts afresh
         held = self.held
@@ -244,22 +249,42 @@ class Timeline:
             totals[culprit] = totals.get(culprit, 0.0) + seconds
         self.seq += 1
         self._ring[self.seq % self._history] = dict(totals)
-        if busy >= self.threshold:
-            sid = self.stretch_id
+        if froze is not None:
             self.on_stall(
                 Stretch(
                     start=end - busy,
                     end=end,
                     duration=busy,
                     holders=holders,
-                    victims=victims(
-                        (span.victim_label(), span.stretch_id == sid) for span in self.in_flight
-                    ),
+                    victims=froze[0],
+                    frozen=froze[1],
                     thread_cpu=thread_time(),
                     process_cpu=process_time(),
                     allowed=self._allowed_share(end, busy) >= ALLOWED_SHARE,
                 )
             )
+
+    def _victims(self, end: float, busy: float) -> tuple[dict[str, int], dict[str, float]]:
+        """Who a stall froze: the requests in flight at its end, and those that ended in it
+        (they ran in it, so they stand in ``ran``); not tasks of requests that ended before."""
+        sid = self.stretch_id
+        start = end - busy
+        waiters = []
+        seen: set[RequestSpan] = set()
+        for span in (*self.in_flight, *self.ran):
+            if span in seen:
+                continue
+            seen.add(span)
+            if span.done:
+                if span.ended_in != sid:
+                    continue
+                until = span.ended
+            else:
+                until = end
+            held = span.stretch_time if span.stretch_id == sid else 0.0
+            alive = until - max(start, span.start)
+            waiters.append(Waiter(span.victim_label(), held, alive))
+        return victims(waiters, busy, self.floor)
 
     # -- read by spans ----------------------------------------------------------------------
 

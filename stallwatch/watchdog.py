@@ -257,6 +257,7 @@ class Watchdog:
             culprit=culprit,
             culprits=shares,
             victims=dict(stretch.victims),
+            frozen=dict(stretch.frozen),
             top_frame=top,
             stacks=aggregated,
             sampled=bool(stacks),

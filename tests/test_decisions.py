@@ -13,6 +13,7 @@ from stallwatch.decisions import (
     culprits,
     decide_cause,
     samples_after_the_block,
+    Waiter,
     victims,
 )
 
@@ -116,7 +117,25 @@ def test_the_culprit_is_the_largest_holder(
     assert list(got) == list(shares)  # largest first
 
 
-def test_a_request_that_ran_in_the_stretch_is_not_its_own_victim() -> None:
-    in_flight = [("/a", True), ("/b", False), ("/b", False), ("/c", False), ("/a", False)]
-    assert victims(in_flight) == {"/b": 2, "/c": 1, "/a": 1}
-    assert victims([]) == {}
+@pytest.mark.parametrize(
+    ("waiters", "counts", "frozen"),
+    [
+        ([], {}, {}),
+        # The request that held most of a 100 ms stall is its culprit, not its victim.
+        ([Waiter("/slow", 0.095, 0.1)], {}, {}),
+        # Waiting throughout, without a step in it.
+        ([Waiter("/slow", 0.095, 0.1), Waiter("/ping", 0.0, 0.1)], {"/ping": 1}, {"/ping": 0.1}),
+        # Behind the others in the ready queue, then one short step: waited all the same.
+        ([Waiter("/ping", 0.0002, 0.1)], {"/ping": 1}, {"/ping": 0.0998}),
+        # Forty 2.5 ms reads of one route: each waited for the other reads.
+        ([Waiter("/cache", 0.0025, 0.1)] * 40, {"/cache": 40}, {"/cache": 40 * 0.0975}),
+        # Alive for less than the floor of the stall: not frozen by it.
+        ([Waiter("/new", 0.0, 0.0005)], {}, {}),
+    ],
+)
+def test_the_victims_are_the_requests_that_waited_in_the_stall(
+    waiters: list[Waiter], counts: dict[str, int], frozen: dict[str, float]
+) -> None:
+    got_counts, got_frozen = victims(waiters, 0.1, 0.001)
+    assert got_counts == counts
+    assert got_frozen == pytest.approx(frozen)

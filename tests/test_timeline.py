@@ -84,7 +84,7 @@ class Loop:
             span.send(None)
 
     def finish(self, span: RequestSpan) -> dict[str, float] | None:
-        self.timeline.request_ended(span)
+        self.timeline.request_ended(span, self.clock.now)
         return self.timeline.frozen(span, self.clock.now)
 
     def close(self) -> None:
@@ -221,3 +221,19 @@ def test_a_request_older_than_the_history_is_charged_only_for_the_recent_stretch
     assert frozen is not None
     # The most recent stretch is charged; the whole 50 ms is not: a bounded undercount.
     assert 0.010 - 1e-9 <= frozen[BACKGROUND] < 0.050 - 1e-9
+
+
+def test_a_request_that_ran_behind_the_stall_in_the_same_stretch_is_its_victim(
+    loop: Loop,
+) -> None:
+    slow = loop.request("/slow", 0.025)
+    quick = loop.request("/quick", 0.0001)
+    loop.poll()
+    loop.step(slow)
+    loop.step(quick)  # its one step, after the slow one, in the same stretch: then it ends
+    assert loop.finish(quick) == pytest.approx({"/slow": 0.025})
+    loop.poll()
+
+    (stall,) = loop.stalls
+    assert stall.victims == {"/quick": 1}
+    assert stall.frozen == pytest.approx({"/quick": 0.025})
