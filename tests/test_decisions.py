@@ -10,10 +10,10 @@ import pytest
 from stallwatch import BACKGROUND
 from stallwatch.decisions import (
     Evidence,
+    Waiter,
     culprits,
     decide_cause,
     samples_after_the_block,
-    Waiter,
     victims,
 )
 
