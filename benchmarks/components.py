@@ -74,16 +74,18 @@ class _WithoutMetrics(StallwatchMiddleware):
 
     def _close(self, span: RequestSpan, end: float) -> None:
         timeline = span.timeline
-        timeline.in_flight.discard(span)
-        span.final_route()
+        timeline.request_ended(span, end)
+        span.route_label()
         timeline.frozen(span, end)
+        span.release()
 
 
 class _StepsOnly(StallwatchMiddleware):
     """The middleware that only opens a span and times its steps: no route, frozen, metrics."""
 
     def _close(self, span: RequestSpan, end: float) -> None:
-        span.timeline.in_flight.discard(span)
+        span.timeline.request_ended(span, end)
+        span.release()
 
 
 def _app(variant: str, registry: CollectorRegistry) -> Starlette:
@@ -329,7 +331,9 @@ def _noop_callback() -> None:
 
 
 def _timeline() -> Timeline:
-    return Timeline(floor=0.001, threshold=0.020, exact=True, on_stall=lambda stretch: None)
+    timeline = Timeline(floor=0.001, threshold=0.020, on_stall=lambda stretch: None)
+    timeline.timed_by(exact=True, origin_previous=True)
+    return timeline
 
 
 def micro(n: int, repeats: int) -> dict[str, float]:
@@ -384,7 +388,7 @@ def micro(n: int, repeats: int) -> dict[str, float]:
             pass
 
     def through_span(count: int) -> None:
-        span = RequestSpan(timeline, scope, send, resolve, clock()).wrap(_steps(count))
+        span = RequestSpan(timeline, scope, send, resolve).wrap(_steps(count))
         try:
             while True:
                 timeline.stretch_id += 1
@@ -399,14 +403,14 @@ def micro(n: int, repeats: int) -> dict[str, float]:
 
     def open_close(count: int) -> None:
         for _ in range(count):
-            span = RequestSpan(timeline, scope, send, resolve, clock())
-            timeline.in_flight.add(span)
-            timeline.in_flight.discard(span)
-            span.final_route()
+            span = RequestSpan(timeline, scope, send, resolve)
+            timeline.request_started(span)
+            timeline.request_ended(span, 0.0)
+            span.route_label()
 
     results["RequestSpan created, in flight, route named"] = _per_op_ns(open_close, n, repeats)
 
-    span = RequestSpan(timeline, scope, send, resolve, clock())
+    span = RequestSpan(timeline, scope, send, resolve)
 
     def frozen(count: int) -> None:
         for _ in range(count):
@@ -517,12 +521,11 @@ def _poll_probe_ns(n: int, repeats: int) -> float:
     loop = asyncio.new_event_loop()
     try:
         selector = PollProbe.selector_of(loop)
-        probe = PollProbe(selector, _timeline())
         gc.disable()
         diffs = []
         for _ in range(repeats):
             bare = iterations(loop, n)
-            probe.install()
+            probe = PollProbe(selector, _timeline())  # installs itself
             probed = iterations(loop, n)
             probe.uninstall()
             diffs.append(probed - bare)

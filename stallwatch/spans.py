@@ -110,6 +110,10 @@ def _released(*args: Any) -> Any:
     raise RuntimeError("this request has ended")
 
 
+def _no_name(scope: Scope) -> None:
+    return None
+
+
 _RELEASED: Scope = {}
 
 
@@ -174,8 +178,11 @@ class RequestSpan(Steps):
         frequent under load (benchmarks/gc_tail.py).
         """
         del self.span  # the self-reference: a request's own Steps is done
+        if self.route is None:
+            self.route = UNMATCHED  # named now or never: the resolver needs the scope
         self.scope = _RELEASED
-        self._coro = self._send = self._resolve = _released
+        self._coro = self._send = _released
+        self._resolve = _no_name
 
     def wrap(self, awaitable: Any) -> RequestSpan:
         self._coro = awaitable if type(awaitable) is CoroutineType else awaitable.__await__()
