@@ -18,9 +18,14 @@ if TYPE_CHECKING:
 def with_server_timing(span: RequestSpan, message: Message, now: float) -> Message:
     """A copy of the ``http.response.start`` message with the header added (the app's own
     message and headers list are left as they were)."""
-    frozen = span.timeline.frozen(span, now)
-    frozen_ms = sum(frozen.values()) * 1e3 if frozen else 0.0
-    value = f"loop-hold;dur={span.busy * 1e3:.3f}, loop-frozen;dur={frozen_ms:.3f}"
+    timeline = span.timeline
+    # The step sending the response is the request's own, though it is not over yet: the
+    # timeline has not been told about it, and would count it as someone else's.
+    in_step = max(0.0, now - timeline.step_began)
+    frozen = timeline.frozen(span, now)
+    frozen_ms = max(0.0, sum(frozen.values()) - in_step) * 1e3 if frozen else 0.0
+    hold_ms = (span.busy + in_step) * 1e3
+    value = f"loop-hold;dur={hold_ms:.3f}, loop-frozen;dur={frozen_ms:.3f}"
     headers = list(message.get("headers") or ())
     headers.append((b"server-timing", value.encode("latin-1")))
     copied = dict(message)

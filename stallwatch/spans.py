@@ -50,7 +50,7 @@ class Steps:
         timeline = span.timeline
         outer = timeline.nested
         timeline.nested = 0.0
-        began = perf_counter()
+        began = timeline.step_began = perf_counter()
         try:
             return self._coro.send(value)
         finally:
@@ -66,7 +66,7 @@ class Steps:
         timeline = span.timeline
         outer = timeline.nested
         timeline.nested = 0.0
-        began = perf_counter()
+        began = timeline.step_began = perf_counter()
         try:
             if val is None and tb is None:
                 return self._coro.throw(typ)

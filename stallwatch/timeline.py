@@ -78,6 +78,8 @@ class Timeline:
         """Spans that ran in the stretch in progress (a span again if it ran after a fold)."""
         self.nested = 0.0
         """Seconds of timed steps inside the step in progress (spans.Steps keeps it)."""
+        self.step_began = now
+        """When the innermost timed step in progress began (spans.Steps keeps it)."""
         self.holders: dict[str, float] = {}
         self.held = 0.0
         self._cursor = 0
