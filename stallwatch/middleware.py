@@ -21,6 +21,7 @@ from .metrics import Metrics, metrics_for
 from .monitor import LoopMonitor, get_monitor
 from .multiprocess import start_cleanup
 from .options import MiddlewareOptions, monitor_options
+from .report_http import ReportApp
 from .routes import UNMATCHED, RouteResolver, default_resolver
 from .spans import RequestSpan
 from .tally import RequestMetrics
@@ -80,11 +81,11 @@ class StallwatchMiddleware:
         self._resolve: RouteResolver = self._contained_resolve  # bound once, not per request
         self._bind_app = route_resolver is None
         self._metrics_app = metrics_app(registry) if metrics_path is not None else None
-        self._report: ASGIApp | None = None
-        if report:
-            from .report_http import ReportApp
-
-            self._report = ReportApp(lambda: self.monitor, path=report_path, token=report_token)
+        self._report = (
+            ReportApp(lambda: self.monitor, path=report_path, token=report_token)
+            if report
+            else None
+        )
         self._report_prefix = report_path + "/"
         self._metrics_server: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -265,7 +266,7 @@ class StallwatchMiddleware:
                 port,
                 self.options.metrics_host,
                 self.monitor_options.registry,
-                **self._report_kwargs(),
+                report=self._report,
             )
         except OSError as exc:
             # Tried once; the app keeps serving without it (with many workers, only the
@@ -277,11 +278,6 @@ class StallwatchMiddleware:
                 port,
                 exc.strerror or exc,
             )
-
-    def _report_kwargs(self) -> dict[str, Any]:
-        if self._report is None:
-            return {}
-        return {"report": self._report}
 
     def _internal_error(self, component: str) -> None:
         if self.monitor is not None:
