@@ -379,8 +379,16 @@ def test_load_generator_sweeps_both_modes_against_a_running_demo(demo: str, tmp_
         for route in routes.values():
             assert route["ok"] == route["sent"]
             assert len(route["latencies"]) == route["sent"]
+    for step in steps:
+        # Explicit rates are offered as asked; the calibration still says what share of the
+        # loop each is.
+        assert step["arrivals"] == "poisson"
+        assert 0 < float(step["utilization"]) < 5  # type: ignore[arg-type]
+    assert "Calibration (blocking mode): a cache request holds the loop for" in stdout
     for text in (
         "p50",
+        "load",
+        "M/D/1",
         "p95",
         "p99",
         "max",
@@ -394,6 +402,42 @@ def test_load_generator_sweeps_both_modes_against_a_running_demo(demo: str, tmp_
         assert text in stdout
     assert get_mode(demo) == "executor"  # the generator switched it through the API
     set_mode(demo, "blocking")
+
+
+def test_load_generator_offers_calibrated_shares_of_the_loop(demo: str, tmp_path: Path) -> None:
+    stdout, steps = run_load(
+        [
+            "--url",
+            demo,
+            "--loads",
+            "40,70",
+            "--modes",
+            "blocking",
+            "--arrivals",
+            "uniform",
+            "--duration",
+            "1",
+            "--items-rate",
+            "10",
+            "--probe-rate",
+            "20",
+        ],
+        tmp_path,
+    )
+
+    # The loads asked for, turned into cache rates by one calibration: a straight line
+    # through the steady traffic's share, so the rates grow in proportion.
+    assert [s["utilization"] for s in steps] == pytest.approx([0.40, 0.70])
+    low, high = (float(s["rate"]) for s in steps)  # type: ignore[arg-type]
+    service = float(steps[0]["service"])  # type: ignore[arg-type]
+    assert high - low == pytest.approx(0.30 / service)
+    for step in steps:
+        routes = {r["route"]: r for r in step["routes"]}  # type: ignore[attr-defined]
+        assert routes[CACHE]["sent"] == max(1, round(float(step["rate"])))  # type: ignore[arg-type]
+        assert step["theory_p99"] is None  # M/D/1 is printed for Poisson arrivals only
+    assert "Open loop, uniform arrivals" in stdout
+    assert "Loads: 40% = " in stdout
+    assert stdout.count("blocking     40%") == 1
 
 
 def test_load_generator_starts_its_own_demo_for_each_pool_size(tmp_path: Path) -> None:
