@@ -8,8 +8,8 @@ blocking statement (``perf_counter``); each tool's report is held to that:
 
 - stallwatch: the stall event that covers the block (``recent_stalls()``): its duration, its
   culprit route (right: ``/block/{kind}``), its top frame (right: the blocking line; for a C call
-  that keeps the GIL, no frame rather than a wrong one) and its cause (``blocking`` for sleep,
-  sqlite and cpu, ``gil``, ``gc``, ``starvation``).
+  that keeps the GIL or a gc pause, no frame rather than a wrong one) and its cause
+  (``blocking`` for sleep, sqlite and cpu, ``gil``, ``gc``, ``starvation``).
 - asyncio debug mode: the "Executing <Handle> took N seconds" record that covers the block.
 - aiodebug: its slow-callback report that covers the block.
 - fastapi-loopguard: the block route's own ``x-blocking-total-ms`` header (``dev_mode``).
@@ -107,8 +107,9 @@ def judge(
         return Trial(**common, duration=None)
     top = event["top_frame"]
     at = top.rsplit(" in ", 1)[0] if top else None
-    # A C call that keeps the GIL leaves no moment to take a stack: none is the right answer.
-    top_right = at == line or (kind == "native" and at is None)
+    # A C call that keeps the GIL leaves no moment to take a stack, and a collection pause is
+    # nobody's code: for those, no frame is a right answer too.
+    top_right = at == line or (kind in ("native", "gc") and at is None)
     return Trial(
         **common,
         duration=event["duration"],
