@@ -7,12 +7,18 @@ calibration (``steps.calibrate`` runs it, in blocking mode) measures:
 
 1. ``D``, by saturation: bursts of cache requests sent all at once. The loop serves them back
    to back, so the answers come out ``D`` apart, whatever the read, the HTTP parsing, the
-   routing and stallwatch each cost. That is wall-clock time: on a machine shared with other
-   work, the CPU the server really gets is in it, as it will be during the sweep.
+   routing and stallwatch each cost; and the server's CPU seconds over the bursts
+   (``process_cpu_seconds_total``), divided by the requests, say the same from the inside.
+   On a machine shared with other work both can only come out too long (the server waits
+   for a CPU), never too short, so ``D`` is the shorter of the fastest burst's spacing and
+   the CPU per request: what a request costs the loop when the server has its CPU.
 2. ``base``: the share of the loop taken by the steady traffic every step carries (``/items``
    and the ``/ping`` probe) and by the idle server (stallwatch's heartbeat, uvicorn's timers),
-   from the server's CPU seconds (``process_cpu_seconds_total``) over a run of that traffic
-   alone, turned into loop time by the share of the CPU the server got in the bursts.
+   from the server's CPU seconds over a run of that traffic alone.
+
+Loads are thus shares of what the server can do with a whole CPU. Where neighbours take part
+of it, the real load is higher than the figure printed, and the calibration says by how much
+(``cpu_share``): the tail takes off sooner, never later, so the story still shows.
 
 Utilization is then a straight line in the cache rate, and a target load is a rate.
 """
@@ -48,9 +54,14 @@ class Saturation:
 
     @property
     def service(self) -> float:
-        """Seconds between answers: one cache request's hold on the loop. The median burst,
-        so one burst that a neighbour's work stretched does not set the figure."""
+        """Seconds between answers in the median burst: the loop's hold per cache request as
+        the machine was while calibrating, neighbours included."""
         return statistics.median(self.spans) / (self.size - 1)
+
+    @property
+    def fastest(self) -> float:
+        """Seconds between answers in the least disturbed burst."""
+        return min(self.spans) / (self.size - 1)
 
     @property
     def cpu_per_request(self) -> float:
@@ -69,7 +80,8 @@ class Calibration:
     cache_cost: float
     """Seconds of loop one cache request takes: the service time ``D`` of the M/D/1 model."""
     cpu_share: float
-    """The share of a CPU the server got while saturated: below 1 when the machine is busy."""
+    """The share of a CPU the server got in the median burst: below 1 on a busy machine,
+    where a load's real share of the loop is about its figure divided by this."""
     source: str
     """Where the CPU seconds came from, for the printout."""
 
@@ -95,19 +107,19 @@ def fit(light: Run, saturation: Saturation, *, source: str) -> Calibration:
     """The calibration from the steady run and the bursts.
 
     CPU counters tick in hundredths of a second: the bursts last long enough that this is a
-    few percent at most. With no CPU counter at all (``cpu_seconds`` 0), the server is taken
-    to have had a whole CPU.
+    few percent at most. With no CPU counter (``cpu_seconds`` 0) the bursts' spacing alone
+    sets ``D`` and the server is taken to have had a whole CPU.
     """
     if saturation.size < 2 or not saturation.spans:
         raise ValueError("saturation needs bursts of at least two requests")
-    service = saturation.service
-    if service <= 0:
-        raise ValueError(f"the bursts' answers came out {service!r} s apart: nothing measured")
-    measured = saturation.cpu_per_request / service
-    share = min(1.0, measured) if measured > 0 else 1.0
-    return Calibration(
-        base=min(light.busy / share, 0.95), cache_cost=service, cpu_share=share, source=source
-    )
+    if saturation.fastest <= 0:
+        raise ValueError(
+            f"the bursts' answers came out {saturation.fastest!r} s apart: nothing measured"
+        )
+    cpu = saturation.cpu_per_request
+    cost = min(saturation.fastest, cpu) if cpu > 0 else saturation.fastest
+    share = min(1.0, cpu / saturation.service) if cpu > 0 else 1.0
+    return Calibration(base=min(light.busy, 0.95), cache_cost=cost, cpu_share=share, source=source)
 
 
 STEADY_SHARE = 0.10

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -182,17 +183,17 @@ def calibration_text(calibration: Calibration, info: dict[str, Any], steps: Sequ
     rates = dict.fromkeys((s.utilization, s.rate) for s in steps)
     loads = ", ".join(f"{u:.0%} = {r:.0f}/s" for u, r in rates)
     shared = (
-        f"; the server got {calibration.cpu_share:.0%} of a CPU (a busy machine: loads are "
-        "shares of what it really has)"
+        f" The server got only {calibration.cpu_share:.0%} of a CPU while calibrating: other "
+        "work shares this machine, and while it does the real loads are higher than these."
         if calibration.cpu_share < 0.9
         else ""
     )
     return (
         f"Calibration (blocking mode): a cache request holds the loop for "
         f"{calibration.cache_cost * 1e3:.2f} ms (its SQLite read alone took {read * 1e3:.2f} ms "
-        f"at start-up){shared}; the steady traffic and the idle server take "
-        f"{calibration.base:.1%} of the loop ({calibration.source}); a full loop is "
-        f"{calibration.capacity:.0f} cache req/s.\nLoads: {loads}."
+        f"at start-up); the steady traffic and the idle server take {calibration.base:.1%} of "
+        f"it ({calibration.source}); a full loop is {calibration.capacity:.0f} cache req/s."
+        f"{shared}\nLoads: {loads}."
     )
 
 
@@ -211,6 +212,8 @@ def plans(args: argparse.Namespace, started: bool) -> list[Plan]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # Stopped with SIGTERM (timeout, a CI runner): unwind, so the demos it started stop too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     started = args.url is None
     server_cpus, own_cpus = split_cpus() if started else (None, None)
     if own_cpus:

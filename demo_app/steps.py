@@ -204,8 +204,7 @@ async def calibrate(
         f"/items at {items:.0f}/s and /ping at {probe:.0f}/s, measured again"
     )
     light = await steady_run(target, 2.0, traffic)
-    base = min(light.busy / calibration.cpu_share, 0.95)
-    return dataclasses.replace(calibration, base=base), traffic
+    return dataclasses.replace(calibration, base=min(light.busy, 0.95)), traffic
 
 
 async def run_step(

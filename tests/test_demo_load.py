@@ -144,40 +144,51 @@ def test_near_full_load_the_heavy_traffic_form_takes_over_smoothly() -> None:
 
 def test_the_service_time_is_the_spacing_of_a_saturating_bursts_answers() -> None:
     assert service_span([5.0, 5.2, 5.1, 6.0]) == pytest.approx(1.0)
-    # 100 answers over 0.297 s: 3 ms apart; the stretched burst does not count.
+    # 100 answers over 0.297 s: 3 ms apart in the median burst, 2.9 ms in the fastest.
     saturation = Saturation((0.297, 0.6, 0.2871), size=100, cpu_seconds=0.9)
     assert saturation.service == pytest.approx(0.003)
+    assert saturation.fastest == pytest.approx(0.0029)
     assert saturation.cpu_per_request == pytest.approx(0.003)
 
 
-def test_fit_on_a_quiet_machine_takes_the_steady_traffic_as_it_is() -> None:
+def test_fit_on_a_quiet_machine_takes_the_spacing_and_the_steady_traffic_as_they_are() -> None:
     light = Run(seconds=2.0, cpu_seconds=0.1)
     saturation = Saturation((0.198, 0.198, 0.2), size=100, cpu_seconds=0.6)
 
     calibration = fit(light, saturation, source="process CPU time")
 
     assert calibration.cache_cost == pytest.approx(0.002)
-    assert calibration.cpu_share == 1.0
+    assert calibration.cpu_share == pytest.approx(1.0)
     assert calibration.base == pytest.approx(0.05)
     assert calibration.capacity == pytest.approx(0.95 / 0.002)
 
 
-def test_fit_on_a_busy_machine_counts_the_cpu_the_server_did_not_get() -> None:
-    # Each answer 4 ms apart, but only 2 ms of CPU each: the server had half a CPU, so the
-    # steady traffic's 5 % of a CPU is 10 % of its loop.
+def test_fit_on_a_busy_machine_keeps_the_cost_a_request_has_with_a_whole_cpu() -> None:
+    # Answers 4 ms apart, but 2 ms of CPU each: neighbours took half the CPU. The loop's own
+    # cost stays 2 ms (so a load is never offered too light to show the tail), and the share
+    # the server got is reported.
     light = Run(seconds=2.0, cpu_seconds=0.1)
-    saturation = Saturation((0.396,), size=100, cpu_seconds=0.2)
+    saturation = Saturation((0.396, 0.5), size=100, cpu_seconds=0.4)
 
     calibration = fit(light, saturation, source="process CPU time")
 
-    assert calibration.cache_cost == pytest.approx(0.004)
-    assert calibration.cpu_share == pytest.approx(0.5)
-    assert calibration.base == pytest.approx(0.10)
+    assert calibration.cache_cost == pytest.approx(0.002)
+    assert calibration.cpu_share == pytest.approx(0.002 / (0.448 / 99))
+    assert calibration.base == pytest.approx(0.05)
 
 
-def test_without_a_cpu_counter_the_server_is_taken_to_have_had_a_whole_cpu() -> None:
+def test_a_burst_faster_than_the_cpu_counter_says_wins() -> None:
+    # CPU ticks are coarse: a spacing below the CPU per request is the better figure.
+    calibration = fit(Run(2.0, 0.1), Saturation((0.1485,), 100, 0.2), source="x")
+
+    assert calibration.cache_cost == pytest.approx(0.0015)
+    assert calibration.cpu_share == 1.0
+
+
+def test_without_a_cpu_counter_the_spacing_alone_sets_the_cost() -> None:
     calibration = fit(Run(2.0, 0.0), Saturation((0.099,), 100, 0.0), source="none")
 
+    assert calibration.cache_cost == pytest.approx(0.001)
     assert calibration.cpu_share == 1.0
     assert calibration.base == 0.0
 
