@@ -13,8 +13,12 @@ from dataclasses import dataclass
 
 from .report import CACHE, PING, Step, causes_text, mode_label, ms
 
+REFERENCE_LOAD = 0.60
+"""The tail is measured against the calmest blocking step at or below this load: two light
+loads rather than one, so that a neighbour's burst of work on a shared machine during the
+very lowest step does not raise the bar for all the others."""
 TAKEOFF_FACTOR = 3.0
-"""A load's ``/ping`` p99 has taken off at this many times its p99 at the lowest load..."""
+"""A load's ``/ping`` p99 has taken off at this many times the reference's p99..."""
 TAKEOFF_FLOOR = 0.010
 """...and at least this many seconds (a 1 ms baseline tripled is still nothing)."""
 FROZEN_SHARE = 0.5
@@ -67,13 +71,14 @@ class Check:
 
 
 def took_off(steps: Sequence[Step]) -> tuple[Step | None, list[Step]]:
-    """(the lowest blocking load, the blocking loads where ``/ping``'s p99 has taken off)."""
+    """(the reference step, the heavier blocking loads where ``/ping``'s p99 has taken off)."""
     blocking = sorted((s for s in steps if s.mode == "blocking"), key=lambda s: s.rate)
     if not blocking:
         return None, []
-    base = blocking[0].p99(PING)
-    floor = max(TAKEOFF_FACTOR * base, TAKEOFF_FLOOR)
-    return blocking[0], [s for s in blocking[1:] if s.p99(PING) >= floor]
+    light = [s for s in blocking if s.utilization <= REFERENCE_LOAD] or blocking[:1]
+    reference = min(light, key=lambda s: s.p99(PING))
+    floor = max(TAKEOFF_FACTOR * reference.p99(PING), TAKEOFF_FLOOR)
+    return reference, [s for s in blocking if s.rate > reference.rate and s.p99(PING) >= floor]
 
 
 def checks(steps: Sequence[Step]) -> list[Check]:

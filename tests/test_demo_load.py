@@ -293,6 +293,17 @@ def test_the_tail_took_off_where_ping_p99_tripled_and_passed_10_ms() -> None:
     assert [s.utilization for s in high] == [0.85, 0.95]  # 60 %: 9 ms, not yet
 
 
+def test_a_disturbed_lowest_step_does_not_raise_the_bar_for_the_others() -> None:
+    # A neighbour's work made the 30 % step's tail 50 ms: 60 % (9 ms) is the reference then.
+    steps = [s for s in sweep() if s.utilization != 0.30]
+    steps.append(step("blocking", 0.30, 0.050, 0.0005, 0.100))
+    lowest, high = took_off(steps)
+
+    assert lowest is not None
+    assert lowest.utilization == 0.60
+    assert [s.utilization for s in high] == [0.85, 0.95]
+
+
 def test_the_claim_holds_when_the_cache_froze_ping_and_executor_mode_removed_it() -> None:
     steps = sweep()
     found = checks(steps)
