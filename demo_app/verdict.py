@@ -11,7 +11,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .report import CACHE, PING, Step, causes_text, mode_label, ms
+from .report import CACHE, PING, Step, causes_text, mode_label, ms, short_frame
+from .scrape import StallLine
 
 REFERENCE_LOAD = 0.60
 """The tail is measured against the calmest blocking step at or below this load: two light
@@ -25,6 +26,14 @@ FROZEN_SHARE = 0.5
 """Where it took off, at least this share of ``/ping``'s server time is frozen by the cache."""
 REMOVED = 0.75
 """Executor mode removes at least this share of that frozen time."""
+READ_LINE = ("cache.py:", " in read_blocking")
+"""How the read's line looks in a stall's top frame (``.../cache.py:154 in read_blocking``)."""
+
+
+def names_the_read(line: StallLine) -> bool:
+    return (
+        line.culprit == CACHE and READ_LINE[0] in line.frame and line.frame.endswith(READ_LINE[1])
+    )
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,12 @@ class Check:
         before = self.frozen_by_cache
         after = step.server.frozen_per_request(PING, CACHE)
         return 1 - after / before if before > 0 else float("nan")
+
+    @property
+    def line(self) -> StallLine | None:
+        """The line most of blocking mode's blocking stalls (by time) were charged to."""
+        blocking = [s for s in self.blocking.stall_lines if s.cause == "blocking"]
+        return max(blocking, key=lambda s: s.seconds, default=None)
 
     @property
     def holds(self) -> bool:
@@ -144,10 +159,25 @@ def verdict(steps: Sequence[Step]) -> str:
         lines += [_executor_line(c, other) + " (the pool-size trade-off)" for other in c.others]
     checked = [c for c in found if c.executor is not None]
     held = sum(c.holds for c in checked)
-    outcome = "NOT CHECKED" if not checked else "HOLDS" if held == len(checked) else "FAILS"
+    # A stall is a stretch past the threshold; at the lighter loads where the tail took off
+    # there may be none, so the line is asked of the heaviest load that has blocking stalls.
+    named = next((c.line for c in reversed(found) if c.line is not None), None)
+    if named is None:
+        lines.append("  no blocking stall was recorded where the tail took off: no line named")
+    else:
+        lines.append(
+            f"  the line: stallwatch charges {named.count} blocking stalls "
+            f"({named.seconds * 1e3:.0f} ms) to {named.culprit} at {short_frame(named.frame)}"
+            + ("" if names_the_read(named) else " -- not the read's line")
+        )
+    line_ok = named is not None and names_the_read(named)
+    outcome = (
+        "NOT CHECKED" if not checked else "HOLDS" if held == len(checked) and line_ok else "FAILS"
+    )
     lines.append(
         f"VERDICT: {outcome} at {held} of {len(checked)} loads where the tail took off. Claim: "
         f"there, /ping's time is mostly (>= {FROZEN_SHARE:.0%}) frozen time that stallwatch "
-        f"attributes to {CACHE}, and executor mode removes >= {REMOVED:.0%} of it."
+        f"attributes to {CACHE}, its blocking stalls name the read's line in read_blocking, "
+        f"and executor mode removes >= {REMOVED:.0%} of that frozen time."
     )
     return "\n".join(lines)

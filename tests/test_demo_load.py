@@ -4,6 +4,7 @@ verdict. Everything here is a pure function of its inputs, so exact answers are 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import statistics
@@ -23,7 +24,7 @@ from demo_app.calibrate import (
 )
 from demo_app.openloop import RouteResult
 from demo_app.report import CACHE, ITEMS, PING, Step, table
-from demo_app.scrape import Histogram, ServerView
+from demo_app.scrape import Histogram, ServerView, StallLine
 from demo_app.verdict import checks, took_off, verdict
 
 # -- arrival schedules --------------------------------------------------------------------------
@@ -229,6 +230,8 @@ def test_loads_are_given_in_percent() -> None:
         percent("30,-5")
 
 
+READ = "/src/demo_app/cache.py:154 in read_blocking"
+
 # -- the verdict --------------------------------------------------------------------------------
 
 
@@ -272,7 +275,7 @@ def step(
             stalls={},
             busy={},
         ),
-        stall_lines=[],
+        stall_lines=[StallLine(CACHE, "blocking", READ, 0.5, 12)] if ping_p99 > 0.1 else [],
     )
 
 
@@ -315,6 +318,28 @@ def test_the_claim_holds_when_the_cache_froze_ping_and_executor_mode_removed_it(
     assert "M/D/1 predicts" in text
     assert "(the pool-size trade-off)" in text
     assert text.splitlines()[-1].startswith("VERDICT: HOLDS at 2 of 2 loads")
+
+
+def test_the_verdict_names_the_reads_line_from_the_heaviest_load_with_stalls() -> None:
+    text = verdict(sweep())
+
+    assert (
+        "the line: stallwatch charges 12 blocking stalls (500 ms) to /cache/{key} at "
+        "demo_app/cache.py:154 in read_blocking"
+    ) in text
+
+
+def test_the_claim_fails_when_no_stall_names_the_read() -> None:
+    steps = [dataclasses.replace(s, stall_lines=[]) for s in sweep()]
+    elsewhere = [
+        dataclasses.replace(s, stall_lines=[StallLine(CACHE, "blocking", "/x/app.py:9 in f", 1, 1)])
+        for s in sweep()
+    ]
+
+    assert "no line named" in verdict(steps)
+    assert verdict(steps).splitlines()[-1].startswith("VERDICT: FAILS at 2 of 2")
+    assert "-- not the read's line" in verdict(elsewhere)
+    assert verdict(elsewhere).splitlines()[-1].startswith("VERDICT: FAILS")
 
 
 def test_the_claim_fails_when_executor_mode_leaves_the_frozen_time() -> None:
