@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -213,7 +214,8 @@ def plans(args: argparse.Namespace, started: bool) -> list[Plan]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     # Stopped with SIGTERM (timeout, a CI runner): unwind, so the demos it started stop too.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     started = args.url is None
     server_cpus, own_cpus = split_cpus() if started else (None, None)
     if own_cpus:
