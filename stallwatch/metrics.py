@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -50,6 +50,10 @@ class Metrics:
     frozen_requests: Counter
     lag_buckets: tuple[float, ...]
     request_buckets: tuple[float, ...]
+
+
+class MetricsTaken(ValueError):
+    """The registry holds another collector under one of stallwatch's metric names."""
 
 
 _lock = threading.Lock()
@@ -95,70 +99,88 @@ def metrics_for(
 
 
 def _create(registry: CollectorRegistry, lag: tuple[float, ...], req: tuple[float, ...]) -> Metrics:
+    metrics = unregistered_metrics(lag, req)
+    collectors = [
+        getattr(metrics, f.name) for f in fields(metrics) if not f.name.endswith("_buckets")
+    ]
+    registered = []
+    try:
+        for collector in collectors:
+            registry.register(collector)
+            registered.append(collector)
+    except ValueError as exc:  # a name taken by another collector in this registry
+        for collector in registered:
+            registry.unregister(collector)
+        raise MetricsTaken(f"stallwatch cannot register its metrics: {exc}") from None
+    return metrics
+
+
+def unregistered_metrics(lag: tuple[float, ...], req: tuple[float, ...]) -> Metrics:
+    """Every metric, not yet registered anywhere: registering is all or nothing."""
     return Metrics(
         lag=Histogram(
             "stallwatch_event_loop_lag_seconds",
             "How late the event loop ran a callback that was due, beyond its schedule.",
             buckets=lag,
-            registry=registry,
+            registry=None,
         ),
         stalls=Counter(
             "stallwatch_event_loop_stalls",
             "Stretches in which the event loop did not poll for longer than the threshold.",
             ["culprit", "cause"],
-            registry=registry,
+            registry=None,
         ),
         stall_seconds=Histogram(
             "stallwatch_event_loop_stall_seconds",
             "Duration of each event-loop stall.",
             ["culprit", "cause"],
             buckets=lag,
-            registry=registry,
+            registry=None,
         ),
         stall_in_progress=Gauge(
             "stallwatch_event_loop_stall_in_progress_seconds",
             "How long the event loop has been stalled right now (0 when it is not).",
-            registry=registry,
+            registry=None,
             multiprocess_mode="livemax",
         ),
         internal_errors=Counter(
             "stallwatch_internal_errors",
             "Errors inside stallwatch, contained and never raised into the app.",
             ["component"],
-            registry=registry,
+            registry=None,
         ),
         request_duration=Histogram(
             "stallwatch_http_request_duration_seconds",
             "Request latency from the moment the event loop read the request to its end.",
             ["method", "route", "status"],
             buckets=req,
-            registry=registry,
+            registry=None,
         ),
         loop_hold=Histogram(
             "stallwatch_route_loop_hold_seconds",
             "Longest single step each request held the event loop for.",
             ["route"],
             buckets=HOLD_BUCKETS,
-            registry=registry,
+            registry=None,
         ),
         loop_busy=Counter(
             "stallwatch_route_loop_busy_seconds",
             "Seconds requests of a route held the event loop, all steps together.",
             ["route"],
-            registry=registry,
+            registry=None,
         ),
         frozen_seconds=Counter(
             "stallwatch_request_frozen_seconds",
             "Seconds requests of a route waited while other work held the event loop, "
             "by who held it.",
             ["route", "culprit"],
-            registry=registry,
+            registry=None,
         ),
         frozen_requests=Counter(
             "stallwatch_requests_frozen",
             "Requests of a route that were frozen for at least the floor by a culprit.",
             ["route", "culprit"],
-            registry=registry,
+            registry=None,
         ),
         lag_buckets=lag,
         request_buckets=req,

@@ -17,7 +17,14 @@ from typing import Any
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .exposition import metrics_app, start_metrics_server
-from .metrics import Metrics, metrics_for
+from .metrics import (
+    LAG_BUCKETS,
+    REQUEST_BUCKETS,
+    Metrics,
+    MetricsTaken,
+    metrics_for,
+    unregistered_metrics,
+)
 from .monitor import LoopMonitor, get_monitor
 from .multiprocess import start_cleanup
 from .options import MiddlewareOptions, monitor_options
@@ -72,11 +79,22 @@ class StallwatchMiddleware:
         self.monitor_options = monitor_options("StallwatchMiddleware", monitor)
         registry = self.monitor_options.registry
         # The metrics first: the monitor would register them with the default request buckets.
-        self.metrics: Metrics = metrics_for(
-            registry,
-            lag_buckets=self.monitor_options.lag_buckets,
-            request_buckets=options.request_buckets,
-        )
+        self._unwatched = False
+        try:
+            metrics = metrics_for(
+                registry,
+                lag_buckets=self.monitor_options.lag_buckets,
+                request_buckets=options.request_buckets,
+            )
+        except MetricsTaken as exc:
+            # Another collector holds one of our names: that is the app's registry, and the
+            # app must still start. Say so once; requests pass through unwatched.
+            logger.error("%s; requests pass through unwatched", exc)
+            self._unwatched = True
+            metrics = unregistered_metrics(
+                LAG_BUCKETS, REQUEST_BUCKETS
+            )  # registered nowhere, never used
+        self.metrics: Metrics = metrics
         self._resolver: RouteResolver = route_resolver or default_resolver(app)
         self._resolve: RouteResolver = self._contained_resolve  # bound once, not per request
         self._bind_app = route_resolver is None
@@ -95,6 +113,9 @@ class StallwatchMiddleware:
         self._requests = RequestMetrics(self.metrics, group_status=group_status)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._unwatched:
+            await self.app(scope, receive, send)
+            return
         try:
             kind = scope["type"]
             path = scope.get("path") if kind == "http" else None

@@ -282,10 +282,28 @@ def innermost_frame(frames: Sequence[Frame]) -> Frame | None:
     return inside[-1] if inside else None
 
 
+INTERNED_FRAMES = 65536
+"""Distinct code locations whose ``Frame`` is shared by every event that shows it."""
+
+_interned: dict[RawFrame, Frame] = {}
+
+
+def _frame(raw: RawFrame) -> Frame:
+    # Events keep their stacks (up to 1024 frames, five stacks, a hundred events): one Frame
+    # object per code location, not per appearance, keeps that history small. Bounded: past
+    # the cap, new locations get a Frame of their own. Written by the watchdog thread only.
+    frame = _interned.get(raw)
+    if frame is None:
+        frame = Frame(*raw)
+        if len(_interned) < INTERNED_FRAMES:
+            _interned[raw] = frame
+    return frame
+
+
 def aggregate(stacks: Iterable[RawStack], limit: int = 5) -> tuple[StackSample, ...]:
     """Distinct stacks, most frequent first, at most ``limit`` of them."""
     counts = Counter(stacks)
     return tuple(
-        StackSample(frames=tuple(Frame(*raw) for raw in stack), count=count)
+        StackSample(frames=tuple(_frame(raw) for raw in stack), count=count)
         for stack, count in counts.most_common(limit)
     )

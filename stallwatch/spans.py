@@ -11,6 +11,7 @@ is counted twice. Everything here runs on the loop thread only.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Coroutine, Generator
 from time import perf_counter
 from types import CoroutineType
@@ -198,20 +199,28 @@ class RequestSpan(Steps):
 
     def asgi_send_timed(self, message: Message) -> Awaitable[None]:
         """``asgi_send`` that also adds the ``Server-Timing`` header to the response start."""
-        if not self.status:
-            self._see(message)
-            if message.get("type") == "http.response.start":
+        if not self.status and self._see(message) == "http.response.start":
+            # A message we cannot copy goes on unchanged: the server's to judge.
+            with contextlib.suppress(Exception):
                 message = with_server_timing(self, message, perf_counter())
         return self._send(message)
 
-    def _see(self, message: Message) -> None:
-        kind = message["type"]
-        if kind == "http.response.start" or kind == "websocket.http.response.start":
-            self.status = message["status"]
-        elif kind == "websocket.accept":
-            self.status = 101
-        elif kind == "websocket.close":
-            self.status = 403  # closed before accepting: the server answers 403
+    def _see(self, message: Message) -> object:
+        """Take the status from a response start; whatever the app sent goes to the server
+        as it is, and a message that breaks the spec is the server's to refuse, not ours."""
+        try:
+            kind = message["type"]
+            if kind == "http.response.start" or kind == "websocket.http.response.start":
+                status = message["status"]
+                if type(status) is int:
+                    self.status = status
+            elif kind == "websocket.accept":
+                self.status = 101
+            elif kind == "websocket.close":
+                self.status = 403  # closed before accepting: the server answers 403
+            return kind
+        except Exception:
+            return None
 
     # -- the name --------------------------------------------------------------------------------
 

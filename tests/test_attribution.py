@@ -139,7 +139,9 @@ def assert_attributed(server: Server, shape: str, victim: str = VICTIM) -> None:
     blocked, stall, before, after = block_while_others_wait(server, shape, victim)
     assert stall["culprits"][shape] > 0.9, stall["culprits"]
     assert shape not in stall["victims"], stall["victims"]
-    assert stall["victims"] == {victim: IN_FLIGHT}
+    # The waiting requests are its victims (a request that has answered but not yet returned,
+    # such as the test's last poll behind a BaseHTTPMiddleware, may be one too).
+    assert stall["victims"][victim] == IN_FLIGHT, stall["victims"]
     assert blocked - 0.001 <= stall["duration"] <= blocked + max(0.005, 0.05 * blocked)
     assert stall["top_frame"].endswith("in block_sleep"), stall["top_frame"]
     if shape in STARTED_IN:
