@@ -160,6 +160,8 @@ class RequestMetrics:
         frozen: dict[str, float] | None,
         floor: float,
     ) -> None:
+        if method != "WEBSOCKET":
+            method = method_label(method)  # raw methods are client input: never a key
         key = (method, route, status)
         tally = self._requests.get(key)
         if tally is None:
@@ -181,11 +183,10 @@ class RequestMetrics:
 
     def _new_tally(self, key: tuple[Any, str, int]) -> RequestTally:
         method, route, status = key
-        label = method if method == "WEBSOCKET" else method_label(method)
         metrics = self._metrics
         tally = self._requests[key] = RequestTally(
             route,
-            metrics.request_duration.labels(label, route, status_label(status, self._group)),
+            metrics.request_duration.labels(method, route, status_label(status, self._group)),
             metrics.loop_hold.labels(route),
             metrics.loop_busy.labels(route),
         )

@@ -5,7 +5,6 @@ The button is clicked in a real headless Chromium."""
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from html.parser import HTMLParser
 
@@ -14,10 +13,8 @@ import pytest
 
 from demo_app.cache import SqliteCache
 from demo_app.front import front_page
+from tests.browser import chromium
 from tests.servers import uvicorn
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
@@ -120,26 +117,8 @@ def test_demo_info_tells_the_load_generator_what_it_calibrates_from(demo: str) -
 
 @pytest.fixture
 def browser() -> Iterator[object]:
-    webdriver = pytest.importorskip("selenium.webdriver")
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.skip("chromium and chromedriver are not installed (.ci/install-browser.sh)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_the_button_flips_the_mode_through_the_toggle_endpoint(demo: str, browser: object) -> None:

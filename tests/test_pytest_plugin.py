@@ -181,8 +181,7 @@ def test_blocking_tests_fail_naming_their_line_and_the_tests_beside_them_pass(
             "FAILED test_async.py::test_anyio_block - stallwatch: *",
             "FAILED test_client.py::test_block - stallwatch: *",
             "FAILED test_uv.py::test_uvloop_block - stallwatch: *",
-        ],
-        consecutive=True,
+        ]  # in this order; not consecutive: with CI set, pytest prints each one's stack too
     )
     # TestClient: the endpoint's line, the route that ran it, the stack down to the line.
     line = line_of(suite.path / "app_under_test.py", "# the blocking line")

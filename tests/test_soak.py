@@ -112,9 +112,10 @@ async def soak(
 
 def test_a_long_run_of_messy_traffic_keeps_memory_flat_and_labels_bounded() -> None:
     registry = CollectorRegistry()
-    # A high threshold: a loaded CI machine stalls an in-process loop now and then, and the
-    # stall history (bounded at 100 events) filling up is not what this test measures.
-    app = StallwatchMiddleware(proof_routes.build(), registry=registry, stall_threshold=0.5)
+    # No stall events: a full collection of a large heap (the whole suite's, in CI) stalls an
+    # in-process loop for a second now and then, and the stall history (bounded at 100 events
+    # with their stacks) filling up is not what this test measures; requests are.
+    app = StallwatchMiddleware(proof_routes.build(), registry=registry, stall_threshold=60.0)
     held: dict[int, int] = {}
 
     def checkpoint(done: int) -> None:

@@ -81,6 +81,16 @@ async def settle(monitor: LoopMonitor) -> None:
     monitor.flush()
 
 
+def recording_factory(created: list[object]) -> Callable[..., Any]:
+    """An application's own task factory, which notes every coroutine it is handed."""
+
+    def recording(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        created.append(coro)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    return recording
+
+
 def middleware(app: Any, registry: CollectorRegistry) -> StallwatchMiddleware:
     return StallwatchMiddleware(
         app, registry=registry, stall_threshold=THRESHOLD, route_resolver=by_path
@@ -89,10 +99,7 @@ def middleware(app: Any, registry: CollectorRegistry) -> StallwatchMiddleware:
 
 def test_a_factory_the_app_set_before_is_chained_and_the_task_is_the_requests() -> None:
     created: list[object] = []
-
-    def recording(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-        created.append(coro)
-        return asyncio.Task(coro, loop=loop, **kwargs)
+    recording = recording_factory(created)
 
     async def work() -> None:
         async def child() -> None:
@@ -121,10 +128,7 @@ def test_a_factory_the_app_set_before_is_chained_and_the_task_is_the_requests() 
 
 def test_a_factory_set_after_stallwatch_started_is_chained_at_the_next_heartbeat() -> None:
     created: list[object] = []
-
-    def recording(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-        created.append(coro)
-        return asyncio.Task(coro, loop=loop, **kwargs)
+    recording = recording_factory(created)
 
     async def work() -> None:
         async def child() -> None:
