@@ -117,7 +117,9 @@ def test_a_blocking_route_is_named_with_its_line_and_its_victims(
             blocked = block_once(server, kind, BLOCK)
         stall = one_stall(server)
 
-    assert blocked >= 2 * THRESHOLD
+    # Clearly a stall (the SQLite read is sized from a calibration taken at start-up, which a
+    # machine whose load changed since can make up to twice too long or too short).
+    assert blocked >= 1.5 * THRESHOLD
     assert stall["culprit"] == CULPRIT
     assert stall["culprits"][CULPRIT] >= 0.95
     assert stall["victims"] == {VICTIM: IN_FLIGHT}
