@@ -32,7 +32,7 @@ from .report_http import ReportApp
 from .routes import UNMATCHED, RouteResolver, default_resolver
 from .spans import RequestSpan
 from .tally import RequestMetrics
-from .tasks import CURRENT, adopt_current_task
+from .tasks import CURRENT
 from .timeline import Timeline
 
 logger = logging.getLogger("stallwatch")
@@ -147,10 +147,11 @@ class StallwatchMiddleware:
         if span is None:
             await self.app(scope, receive, send)
             return
-        if CURRENT.get() is not None:
-            # This request's task was started inside another request's context (uvicorn
-            # starts a pipelined request from the previous one's send): it is this one's.
-            adopt_current_task(span)
+        # The server's task runs the app's own coroutine, which the span times itself.
+        span.host = asyncio.current_task()
+        # A task started inside another request's context (uvicorn starts a pipelined request
+        # from the previous one's send) is this one's from here, and nobody's after it.
+        inherited = CURRENT.get() is not None
         token = CURRENT.set(span)
         try:
             await span.wrap(
@@ -162,6 +163,8 @@ class StallwatchMiddleware:
             )
         finally:
             CURRENT.reset(token)
+            if inherited:
+                CURRENT.set(None)
             self._close(span, perf_counter())
 
     # -- per request -----------------------------------------------------------------------

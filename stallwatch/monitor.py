@@ -149,7 +149,7 @@ class LoopMonitor:
         )
         self._probe = choose_probe(loop, timeline, interval=self.interval)
         self._tasks = TaskAttribution(
-            loop, sampler.started_by, lambda: self.internal_error("tasks")
+            loop, timeline, sampler.started_by, lambda: self.internal_error("tasks")
         )
         self._tasks.install()
         self._watchdog = Watchdog(self, sampler, threading.get_native_id())

@@ -1,18 +1,18 @@
 """One request's time on the event loop: its steps, its status, what froze it.
 
-``Steps`` stands between a task and a coroutine: the task resumes it, it resumes the
-coroutine and times how long that step held the loop. A request's own coroutine is timed by
-its ``RequestSpan`` (a ``Steps`` of itself, so a request costs one object); every task the
-request starts, directly or through its children, is timed by a ``Steps`` that adds to the
-same span (``tasks.py`` wraps them). A step that runs inside another timed step (an eager
-task's first step runs inside ``create_task``) is taken out of the outer one, so no second
-is counted twice. Everything here runs on the loop thread only.
+A request's own coroutine (the app, as the middleware awaits it inside the server's task) is
+timed by its ``RequestSpan``, which stands between the middleware and the app: the server's
+task resumes it, it resumes the app and times how long that step held the loop. Every task
+the request starts, directly or through its children, is timed step by step where the loop
+schedules the step (``tasks.py``), and adds to the same span. A step that runs inside
+another timed step is taken out of the outer one, so no second is counted twice.
+Everything here runs on the loop thread only.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Coroutine, Generator
+from collections.abc import Awaitable, Generator
 from time import perf_counter
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
@@ -22,33 +22,30 @@ from .routes import UNMATCHED, RouteResolver
 from .server_timing import with_server_timing
 
 if TYPE_CHECKING:
-    from .events import Frame
     from .timeline import Timeline
 
 
-class Steps:
-    """Times every step of one coroutine and hands it to the timeline for ``span``."""
+class _TimedAwait:
+    """Times every step of the request's own coroutine, which runs inside the server's task.
 
-    __slots__ = ("_coro", "span", "started_by")
+    It stands where the middleware awaits the app, so ``inspect`` and asyncio never see it
+    as a task's coroutine; for whoever walks the chain of awaits (a debugger, 3.14's
+    ``asyncio.capture_call_graph``) it answers with the app coroutine's frame and await.
+    """
 
-    span: RequestSpan
-    started_by: Frame | None
-    """Where the request's code started this task (None for the request's own coroutine)."""
+    __slots__ = ()
 
-    def __init__(self, span: RequestSpan, coro: Any, started_by: Frame | None = None) -> None:
-        self.span = span
-        self._coro = coro if hasattr(coro, "send") else coro.__await__()
-        self.started_by = started_by
+    _coro: Any
+    timeline: Timeline
 
     def __await__(self) -> Generator[Any, Any, Any]:
         return self
 
-    def __iter__(self) -> Steps:
+    def __iter__(self) -> _TimedAwait:
         return self
 
     def send(self, value: Any = None) -> Any:
-        span = self.span
-        timeline = span.timeline
+        timeline = self.timeline
         outer = timeline.nested
         timeline.nested = 0.0
         began = timeline.step_began = perf_counter()
@@ -58,13 +55,12 @@ class Steps:
             elapsed = perf_counter() - began
             inner = timeline.nested
             timeline.nested = outer + elapsed
-            timeline.step_ran(span, elapsed - inner)
+            timeline.step_ran(self, elapsed - inner)  # type: ignore[arg-type]
 
     __next__ = send
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
-        span = self.span
-        timeline = span.timeline
+        timeline = self.timeline
         outer = timeline.nested
         timeline.nested = 0.0
         began = timeline.step_began = perf_counter()
@@ -76,12 +72,11 @@ class Steps:
             elapsed = perf_counter() - began
             inner = timeline.nested
             timeline.nested = outer + elapsed
-            timeline.step_ran(span, elapsed - inner)
+            timeline.step_ran(self, elapsed - inner)  # type: ignore[arg-type]
 
     def close(self) -> None:
         self._coro.close()
 
-    # What asyncio and debuggers read off a task's coroutine (repr, get_stack, aiomonitor).
     @property
     def cr_frame(self) -> Any:
         return getattr(self._coro, "cr_frame", None)
@@ -98,14 +93,6 @@ class Steps:
     def cr_running(self) -> bool:
         return bool(getattr(self._coro, "cr_running", False))
 
-    @property
-    def __name__(self) -> str:
-        name = getattr(self._coro, "__qualname__", None) or getattr(self._coro, "__name__", None)
-        return name if isinstance(name, str) else type(self._coro).__name__
-
-
-Coroutine.register(Steps)  # asyncio.Task accepts what passes asyncio.iscoroutine()
-
 
 def _released(*args: Any) -> Any:
     raise RuntimeError("this request has ended")
@@ -118,18 +105,22 @@ def _no_name(scope: Scope) -> None:
 _RELEASED: Scope = {}
 
 
-class RequestSpan(Steps):
-    """A request: its route, status and loop time; the ``Steps`` of its own coroutine."""
+class RequestSpan(_TimedAwait):
+    """A request: its route, status and loop time; the timed await of its own coroutine."""
 
     __slots__ = (
+        "_coro",
         "_resolve",
         "_send",
+        "base",
+        "base_less",
         "base_seq",
         "busy",
         "done",
         "ended",
         "ended_in",
         "folded",
+        "host",
         "longest",
         "own_long",
         "route",
@@ -144,13 +135,13 @@ class RequestSpan(Steps):
     def __init__(
         self, timeline: Timeline, scope: Scope, send: Send, resolve: RouteResolver
     ) -> None:
-        self.span = self
-        self.started_by = None
+        self.host: object = None
+        """The server's task that runs the request's own coroutine (set by the middleware)."""
         self.timeline = timeline
         self.scope = scope
         self._send = send
         self._resolve = resolve
-        self.start, self.base_seq = timeline.origin()
+        self.start, self.base_seq, self.base, self.base_less = timeline.origin()
         self.busy = 0.0
         """Loop seconds of all the request's steps, its tasks' included."""
         self.longest = 0.0
@@ -174,11 +165,10 @@ class RequestSpan(Steps):
 
         The span can live on after its request (the timeline keeps it until the loop polls,
         a task the request started keeps it as long as it runs); without this it would keep
-        the request's scope, coroutine and send alive that long, and its reference to itself
-        would leave it to the garbage collector. Both made collections several times as
-        frequent under load (benchmarks/gc_tail.py).
+        the request's scope, coroutine, send and server task alive that long, and made
+        collections several times as frequent under load (benchmarks/gc_tail.py).
         """
-        del self.span  # the self-reference: a request's own Steps is done
+        self.host = None
         if self.route is None:
             self.route = UNMATCHED  # named now or never: the resolver needs the scope
         self.scope = _RELEASED

@@ -2,66 +2,81 @@
 ``BaseHTTPMiddleware``'s inner task, Starlette's streaming body, Quart's handler.
 
 The middleware sets ``CURRENT`` to the request's span while the request's coroutine runs;
-context variables are copied into every task created from there, transitively. The loop's
-task factory sees every task created through ``loop.create_task`` (which ``asyncio.create_task``,
-``gather``, ``TaskGroup`` and anyio use): when the context the task will run in carries a
-span, the task's coroutine is wrapped in a ``Steps`` of that span, so each of its steps counts
-as the request's. Tasks created outside any request pass through untouched, at the cost of
-one context-variable read.
+context variables are copied into every task created from there, transitively. A task runs
+one *step* at a time, and every step of every task, on asyncio and uvloop alike, reaches the
+loop through ``loop.call_soon(step, context=the task's context)``: the first step when the
+task is created, each later one when the future it awaited is done. So stallwatch puts
+itself in front of the loop's ``call_soon`` (an attribute of that one loop object, never of
+its class) and, when the callback is a task's step and the task's context carries a request,
+schedules a timed run of that step instead. The task, its coroutine, its context and its
+callbacks stay exactly what asyncio made them: ``Task.get_coro()`` is the app's coroutine,
+which ``inspect``, anyio, debuggers and ``python -m asyncio ps`` read as they would without
+stallwatch (docs/how-it-works.md weighs this against wrapping the coroutine, which anyio's
+cancellation could tell apart).
 
-An application or server may set its own factory (``asyncio.eager_task_factory``, an
-instrumentation library): ours calls it with the wrapped coroutine, and a factory set after
+The loop's task factory stays for two things only, done at creation: the line of app code
+that started the task (``STARTED_BY``, for the stall report), and a task created after its
+request ended by something that inherited the request's context (a resumed socket reader)
+is not the request's. It chains any factory the app or server set; a factory set after
 ours is found by the heartbeat and chained in turn.
+
+Everything here runs on the loop thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from contextvars import ContextVar
-from types import CoroutineType
+from contextvars import Context, ContextVar
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
-
-from .spans import Steps
 
 if TYPE_CHECKING:
     from .events import Frame
     from .spans import RequestSpan
+    from .timeline import Timeline
 
 CURRENT: ContextVar[RequestSpan | None] = ContextVar("stallwatch_request", default=None)
 """The request being served in this context, if any (set by the middleware)."""
 
+STARTED_BY: ContextVar[Frame | None] = ContextVar("stallwatch_started_by", default=None)
+"""In a task's context: the line of the request's code that created the task."""
+
 TaskFactory = Callable[..., "asyncio.Future[Any]"]
 
-
-def adopt_current_task(span: RequestSpan) -> None:
-    """Make the running task ``span``'s, if it was taken for another request's task."""
-    task = asyncio.current_task()
-    steps = task.get_coro() if task is not None else None
-    if isinstance(steps, Steps) and steps.span is not span:
-        steps.span = span
-        steps.started_by = None
+_Task = asyncio.Task
+_PyTask: type = getattr(asyncio.tasks, "_PyTask", asyncio.Task)
 
 
 class TaskAttribution:
-    """Keeps this module's task factory on one loop, in front of any other (loop thread)."""
+    """Keeps this module's ``call_soon`` and task factory on one loop (loop thread)."""
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
+        timeline: Timeline,
         started_by: Callable[[], Frame | None],
         on_error: Callable[[], None],
     ) -> None:
         self._loop = loop
+        self._timeline = timeline
         self._started_by = started_by
         self._on_error = on_error
         self._previous: TaskFactory | None = None
+        self._call_soon: Callable[..., asyncio.Handle] = loop.call_soon
+        self._had_own_call_soon = False
         self._active = False
         self.factory: TaskFactory = self._create  # one bound method, so it can be compared
+        self.call_soon: Callable[..., asyncio.Handle] = self._schedule
 
     def install(self) -> None:
-        self._previous = self._loop.get_task_factory()
-        self._loop.set_task_factory(self.factory)
+        loop = self._loop
+        self._previous = loop.get_task_factory()
+        loop.set_task_factory(self.factory)
+        own = getattr(loop, "__dict__", {})
+        self._had_own_call_soon = "call_soon" in own  # someone else's, to restore
+        self._call_soon = loop.call_soon
+        loop.call_soon = self.call_soon  # type: ignore[method-assign,assignment]
         self._active = True
 
     def keep_installed(self) -> None:
@@ -72,22 +87,78 @@ class TaskAttribution:
             self._loop.set_task_factory(self.factory)
 
     def uninstall(self) -> None:
-        self._active = False  # if another factory chained ours, ours now only passes through
-        if self._loop.get_task_factory() is self.factory:
-            self._loop.set_task_factory(self._previous)
+        self._active = False  # if another factory or call_soon chained ours, ours passes through
+        loop = self._loop
+        if loop.get_task_factory() is self.factory:
+            loop.set_task_factory(self._previous)
+        own = getattr(loop, "__dict__", {})
+        if own.get("call_soon") is self.call_soon:
+            if self._had_own_call_soon:
+                loop.call_soon = self._call_soon  # type: ignore[method-assign,assignment]
+            else:
+                del loop.call_soon
+
+    # -- every callback the loop is handed ---------------------------------------------------
+
+    def _schedule(
+        self, callback: Callable[..., object], *args: Any, context: Context | None = None
+    ) -> asyncio.Handle:
+        # The hot path: one context read for every callback, a little more for a request's.
+        if context is not None and self._active:
+            span = context.get(CURRENT)
+            if span is not None:
+                owner = getattr(callback, "__self__", None)
+                # A step of a task the request started (not the request's own task, whose
+                # app coroutine the span times itself).
+                if owner is not span.host and isinstance(owner, (_Task, _PyTask)):
+                    return self._call_soon(self._run, callback, *args, context=context)
+        return self._call_soon(callback, *args, context=context)
+
+    def _run(self, step: Callable[..., object], *args: Any) -> None:
+        """One timed step of a request's task, run in the task's context by the loop."""
+        timeline = self._timeline
+        outer = timeline.nested
+        outer_origin = timeline.step_origin
+        timeline.nested = 0.0
+        timeline.step_origin = STARTED_BY.get()
+        began = timeline.step_began = perf_counter()
+        try:
+            step(*args)
+        finally:
+            elapsed = perf_counter() - began
+            inner = timeline.nested
+            timeline.nested = outer + elapsed
+            timeline.step_origin = outer_origin
+            # Read after the step: a request that took this task over (a pipelined request
+            # whose server task the previous one created) is the one that pays.
+            span = CURRENT.get()
+            if span is not None:
+                timeline.step_ran(span, elapsed - inner)
+
+    # -- every task the loop creates ---------------------------------------------------------
 
     def _create(
         self, loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any
     ) -> asyncio.Future[Any]:
-        if self._active:
+        token = origin = None
+        if self._active and kwargs.get("context") is None:
             try:
-                context = kwargs.get("context")
-                span = CURRENT.get() if context is None else context.get(CURRENT)
-                if span is not None and (type(coro) is CoroutineType or asyncio.iscoroutine(coro)):
-                    coro = Steps(span, coro, self._started_by())
+                span = CURRENT.get()
+                if span is not None:
+                    if span.done:  # the request has ended: whatever started this, not it
+                        token = CURRENT.set(None)
+                    else:
+                        origin = STARTED_BY.set(self._started_by())
             except Exception:
                 self._on_error()
-        previous = self._previous
-        if previous is not None:
-            return previous(loop, coro, **kwargs)
-        return asyncio.Task(coro, loop=loop, **kwargs)
+        try:
+            previous = self._previous
+            if previous is not None:
+                return previous(loop, coro, **kwargs)
+            return asyncio.Task(coro, loop=loop, **kwargs)
+        finally:
+            # The task copied the context as it is now; ours goes back as it was.
+            if token is not None:
+                CURRENT.reset(token)
+            if origin is not None:
+                STARTED_BY.reset(origin)

@@ -25,7 +25,10 @@ from .decisions import Waiter, victims
 from .events import BACKGROUND
 
 if TYPE_CHECKING:
+    from .events import Frame
     from .spans import RequestSpan
+
+_NONE: dict[str, float] = {}
 
 ALLOWED_SHARE = 0.5
 """A stall is *allowed* when code inside ``allow_blocking()`` held at least this share of it."""
@@ -55,7 +58,6 @@ class Timeline:
         floor: float,
         threshold: float,
         on_stall: Callable[[Stretch], None],
-        history: int = 4096,
         clock: Callable[[], float] = perf_counter,
     ) -> None:
         now = clock()
@@ -77,9 +79,12 @@ class Timeline:
         self.ran: list[RequestSpan] = []
         """Spans that ran in the stretch in progress (a span again if it ran after a fold)."""
         self.nested = 0.0
-        """Seconds of timed steps inside the step in progress (spans.Steps keeps it)."""
+        """Seconds of timed steps inside the step in progress (the timed steps keep it)."""
         self.step_began = now
-        """When the innermost timed step in progress began (spans.Steps keeps it)."""
+        """When the innermost timed step in progress began (the timed steps keep it)."""
+        self.step_origin: Frame | None = None
+        """Where the request's code started the task whose step runs now, if it did (tasks.py
+        keeps it; the watchdog reads it for a stall's ``started_by``)."""
         self.holders: dict[str, float] = {}
         self.held = 0.0
         self._cursor = 0
@@ -87,9 +92,14 @@ class Timeline:
         self.seq = 0
         self.prev_seq = 0
         self.totals: dict[str, float] = {}
-        self._history = history
-        self._ring: list[dict[str, float] | None] = [None] * history
-        self._ring[0] = {}
+        """Seconds each culprit held the loop in all long stretches so far. A request keeps a
+        reference to the totals as they were when it began (``origin``); such a dict is
+        *pinned* and never changed again: the next long stretch adds to a copy. So the loop
+        thread copies at most once per long stretch, and only when a request began since
+        the last copy; the copies live as long as the requests that hold them."""
+        self._pinned = True
+        self.last_holders: dict[str, float] = {}
+        """The holders of the last long stretch, if the last stretch was long."""
         self.late_busy: dict[str, float] = {}
         """Loop seconds of tasks whose request has ended, by route, until the next flush."""
         self._allowing = 0
@@ -139,18 +149,23 @@ class Timeline:
 
     # -- fed by the spans -------------------------------------------------------------------
 
-    def origin(self) -> tuple[float, int]:
-        """Where a request that starts now begins its life: (perf_counter, seq).
+    def origin(self) -> tuple[float, int, dict[str, float], dict[str, float]]:
+        """Where a request that starts now begins its life: (perf_counter, seq, the totals
+        then, less what to take off them).
 
         Under asyncio its first step runs in the stretch after the one in which the server
         read it and created its task; under uvloop, in the same one. Where polls are not
-        timed: its first step.
+        timed: its first step. The totals are pinned (see ``totals``); where the life began
+        before the last long stretch, that stretch's holders are taken off them.
         """
+        self._pinned = True
+        totals = self.totals
         if not self.exact:
-            return perf_counter(), self.seq
+            return perf_counter(), self.seq, totals, _NONE
         if self.origin_previous:
-            return self.prev_stretch_start, self.prev_seq
-        return self.current_start(), self.seq
+            less = self.last_holders if self.prev_seq != self.seq else _NONE
+            return self.prev_stretch_start, self.prev_seq, totals, less
+        return self.current_start(), self.seq, totals, _NONE
 
     def step_ran(self, span: RequestSpan, seconds: float) -> None:
         """One step of ``span``'s (or of a task it started) held the loop for ``seconds``."""
@@ -247,10 +262,13 @@ class Timeline:
         if busy > held:
             holders[BACKGROUND] = holders.get(BACKGROUND, 0.0) + busy - held
         totals = self.totals
+        if self._pinned:
+            totals = self.totals = dict(totals)
+            self._pinned = False
         for culprit, seconds in holders.items():
             totals[culprit] = totals.get(culprit, 0.0) + seconds
+        self.last_holders = holders
         self.seq += 1
-        self._ring[self.seq % self._history] = dict(totals)
         if froze is not None:
             self.on_stall(
                 Stretch(
@@ -297,10 +315,11 @@ class Timeline:
             return None
         frozen: dict[str, float] = {}
         if self.seq != span.base_seq:
-            before = self._snapshot(span.base_seq)
+            before = span.base
+            less = span.base_less
             for culprit, seconds in self.totals.items():
-                delta = seconds - before.get(culprit, 0.0)
-                if delta > 0.0:
+                delta = seconds - before.get(culprit, 0.0) + less.get(culprit, 0.0)
+                if delta > 1e-12:
                     frozen[culprit] = delta
         own = span.own_long
         if partial >= self.floor:
@@ -319,13 +338,3 @@ class Timeline:
             else:
                 frozen.pop(route, None)
         return frozen
-
-    def _snapshot(self, seq: int) -> dict[str, float]:
-        """Totals after ``seq`` long stretches; the oldest kept when ``seq`` is too old.
-
-        A request that outlives ``history`` long stretches (a websocket open for hours under
-        stalls) is charged only for the most recent ones: a bounded undercount, never more.
-        """
-        oldest = max(0, self.seq - self._history + 1)
-        snapshot = self._ring[max(seq, oldest) % self._history]
-        return snapshot if snapshot is not None else {}

@@ -167,7 +167,7 @@ class Watchdog:
             if current is not None:
                 task = current.get_name()
                 # A task a request started carries the line that started it (tasks.py).
-                started_by = getattr(current.get_coro(), "started_by", None)
+                started_by = self._monitor.timeline.step_origin
         except RuntimeError:
             pass
         # Reading /proc lets the GIL go and costs a hand-off back: every fourth sample is

@@ -44,20 +44,22 @@ class Scope(dict[str, Any]):
 
 
 def scope_of(item: int) -> dict[str, Any]:
-    return Scope({
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": f"/items/{item}",
-        "raw_path": f"/items/{item}".encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"test")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    })
+    return Scope(
+        {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": f"/items/{item}",
+            "raw_path": f"/items/{item}".encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"host", b"test")],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
+    )
 
 
 @pytest.fixture

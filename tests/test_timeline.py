@@ -48,7 +48,7 @@ async def _handler(clock: Clock, steps: tuple[float, ...]) -> None:
 class Loop:
     """The probe's side of the timeline, on a fake clock: stretches end where the loop polls."""
 
-    def __init__(self, clock: Clock, *, history: int = 4096) -> None:
+    def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.stalls: list[Stretch] = []
         self.spans: list[RequestSpan] = []
@@ -56,7 +56,6 @@ class Loop:
             floor=FLOOR,
             threshold=THRESHOLD,
             on_stall=self.stalls.append,
-            history=history,
             clock=clock,
         )
         self.timeline.timed_by(exact=True, origin_previous=True)
@@ -108,8 +107,8 @@ def make_loop(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Loop]]:
     monkeypatch.setattr(stallwatch.spans, "perf_counter", clock)
     made: list[Loop] = []
 
-    def make(*, history: int = 4096) -> Loop:
-        made.append(Loop(clock, history=history))
+    def make() -> Loop:
+        made.append(Loop(clock))
         return made[-1]
 
     yield make
@@ -206,21 +205,36 @@ def test_a_request_that_saw_only_short_stretches_was_not_frozen(loop: Loop) -> N
     assert loop.finish(mine) is None
 
 
-def test_a_request_older_than_the_history_is_charged_only_for_the_recent_stretches(
-    make_loop: Callable[..., Loop],
+def test_a_long_lived_request_is_charged_for_every_long_stretch_of_its_life(
+    loop: Loop,
 ) -> None:
-    loop = make_loop(history=2)
     loop.poll()
     mine = loop.request("/mine", 0.0001)
     loop.step(mine)
     loop.poll()
-    for _ in range(5):  # five stretches of 10 ms each, more than the history keeps
-        loop.poll(background=0.010)
+    for _ in range(5000):  # a websocket open while thousands of stretches go by
+        loop.poll(background=0.002)
 
     frozen = loop.finish(mine)
     assert frozen is not None
-    # The most recent stretch is charged; the whole 50 ms is not: a bounded undercount.
-    assert 0.010 - 1e-9 <= frozen[BACKGROUND] < 0.050 - 1e-9
+    assert frozen[BACKGROUND] == pytest.approx(10.0)  # all of it, not the recent part
+
+
+def test_the_totals_are_copied_only_for_requests_that_began_since_the_last_copy(
+    loop: Loop,
+) -> None:
+    loop.poll()
+    copies = set()
+    for _ in range(100):  # long stretches with no request beginning: one dict, changed in place
+        loop.poll(background=0.002)
+        copies.add(id(loop.timeline.totals))
+    assert len(copies) == 1
+    held = loop.timeline.totals
+    mine = loop.request("/mine", 0.0001)
+    loop.poll(background=0.002)
+    assert loop.timeline.totals is not held  # pinned by the request: the stretch added to a copy
+    assert mine.base is held
+    assert held[BACKGROUND] == pytest.approx(0.2)  # as it was when the request began
 
 
 def test_a_request_that_ran_behind_the_stall_in_the_same_stretch_is_its_victim(
