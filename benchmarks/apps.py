@@ -238,7 +238,7 @@ def _prototype(variant: str, framework: str, bhm: bool) -> Any:
     if variant == "sw-floor20":
         return _stallwatch(_base(framework, bhm), floor=0.02)
     if variant == "sw-nogcwatch":
-        from stallwatch import gcwatch
+        from stallwatch.stall import gcwatch
 
         # acquire() appends the hook; make it a no-op so no collection calls into stallwatch.
         gcwatch.GC_WATCH.acquire = lambda: None  # type: ignore[method-assign]
@@ -259,7 +259,7 @@ def _prototype(variant: str, framework: str, bhm: bool) -> Any:
 
         middleware.StallwatchMiddleware._close = close_and_release  # type: ignore[method-assign]
     if variant == "sw-ring64":
-        from stallwatch import timeline
+        from stallwatch.loop import timeline
 
         original = timeline.Timeline.__init__
 

@@ -57,9 +57,9 @@ from starlette.middleware import Middleware
 from benchmarks._common import loadavg, median, print_machine, run_on
 from benchmarks.apps import NoopMiddleware, _routes
 from stallwatch import LoopMonitor, StallwatchMiddleware, get_monitor
-from stallwatch.probes import PollProbe
-from stallwatch.spans import RequestSpan
-from stallwatch.timeline import Timeline
+from stallwatch.loop.probes import PollProbe
+from stallwatch.loop.timeline import Timeline
+from stallwatch.request.spans import RequestSpan
 
 SERVER_VARIANTS = ("bare", "noop", "monitor", "steps", "spans", "stallwatch")
 FLAVOURS = {"plain": ("asyncio", "h11"), "standard": ("uvloop", "httptools")}

@@ -192,18 +192,19 @@ async def _busy(seconds: float) -> dict[str, Any]:
 
 
 _DIAGNOSED = (
-    ("watchdog wake-up", "stallwatch.watchdog", "Watchdog", "_tick"),
-    ("of which: CPU readings (_take_mark)", "stallwatch.watchdog", "Watchdog", "_take_mark"),
+    ("watchdog wake-up", "stallwatch.stall.watchdog", "Watchdog", "_tick"),
+    ("of which: CPU readings (_counters)", "stallwatch.stall.watchdog", "Watchdog", "_counters"),
     ("heartbeat callback", "stallwatch.monitor", "LoopMonitor", "_heartbeat"),
 )
-"""Internal methods timed by ``--diagnose``; any that no longer exists is left out."""
+"""Internal methods timed by ``--diagnose``; one that no longer exists is an error, never
+a silent gap in the table (rename it here when the package changes)."""
 
 
 async def _diagnose(seconds: float) -> dict[str, Any]:
     """How often the monitor wakes up on an idle loop, and the CPU each wake-up takes.
 
     Wraps a few of stallwatch's internal methods with a counter and a thread-CPU clock: for
-    diagnosis only, in a process of its own, and skipped where the internals have changed.
+    diagnosis only, in a process of its own; a name that no longer exists stops the run.
     """
     import importlib
 
@@ -212,7 +213,7 @@ async def _diagnose(seconds: float) -> dict[str, Any]:
         cls = getattr(importlib.import_module(module_name), class_name, None)
         original = getattr(cls, method, None)
         if cls is None or original is None:
-            continue
+            raise SystemExit(f"--diagnose: {module_name}.{class_name}.{method} no longer exists")
         tally = counts[label] = [0.0, 0.0]
 
         def timed(

@@ -19,7 +19,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from .monitor import LoopMonitor
-from .report import as_json, as_text
+from .report.text import as_json, as_text
 
 
 def _sleep() -> None:

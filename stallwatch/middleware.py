@@ -17,6 +17,7 @@ from typing import Any
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .exposition import metrics_app, start_metrics_server
+from .loop.timeline import Timeline
 from .metrics import (
     LAG_BUCKETS,
     REQUEST_BUCKETS,
@@ -28,12 +29,11 @@ from .metrics import (
 from .monitor import LoopMonitor, get_monitor
 from .multiprocess import start_cleanup
 from .options import MiddlewareOptions, monitor_options
-from .report_http import ReportApp
+from .report.http import ReportApp
+from .request.spans import RequestSpan
+from .request.tally import RequestMetrics
+from .request.tasks import CURRENT
 from .routes import UNMATCHED, RouteResolver, default_resolver
-from .spans import RequestSpan
-from .tally import RequestMetrics
-from .tasks import CURRENT
-from .timeline import Timeline
 
 logger = logging.getLogger("stallwatch")
 

@@ -18,22 +18,22 @@ from time import perf_counter
 from types import TracebackType
 from typing import Any
 
-from . import loops
 from .events import StallEvent
-from .gcwatch import GC_WATCH
-from .history import LoopHistory
+from .loop import registry
+from .loop.history import LoopHistory
+from .loop.probes import Probe, choose_probe
+from .loop.timeline import Stretch, Timeline
 from .metrics import Metrics, metrics_for
 from .options import MonitorOptions, monitor_options
-from .probes import Probe, choose_probe
-from .sampling import StackSampler
-from .stall_log import StallLog
-from .tasks import TaskAttribution
-from .timeline import Stretch, Timeline
-from .watchdog import Watchdog
+from .request.tasks import TaskAttribution
+from .stall.gcwatch import GC_WATCH
+from .stall.log import StallLog
+from .stall.sampling import StackSampler
+from .stall.watchdog import Watchdog
 
 logger = logging.getLogger("stallwatch")
 
-get_monitor = loops.get_monitor
+get_monitor = registry.get_monitor
 
 
 class LoopMonitor:
@@ -139,7 +139,7 @@ class LoopMonitor:
         loop = self._loop
         if loop.is_closed():
             raise RuntimeError("cannot monitor a closed event loop")
-        if not loops.claim(loop, self):
+        if not registry.claim(loop, self):
             logger.info("stallwatch: loop %r is already monitored; not starting twice", loop)
             return False
         self._loop_thread = threading.get_ident()
@@ -165,7 +165,7 @@ class LoopMonitor:
         if not self._started:
             return
         self._started = False
-        loops.release(self._loop, self)
+        registry.release(self._loop, self)
         loop = self._loop
         if (
             loop is not None

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
 from stallwatch import StallwatchMiddleware, get_monitor
-from stallwatch.watchdog import Watchdog
+from stallwatch.stall.watchdog import Watchdog
 from tests.apps import proof_routes
 from tests.servers import uvicorn
 

@@ -34,7 +34,7 @@ import uvloop
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from stallwatch import BACKGROUND, LoopMonitor, StallEvent, get_monitor
-from stallwatch.sampling import StackSampler
+from stallwatch.stall.sampling import StackSampler
 from tests import blockers
 from tests.blockers import SAMPLED, Block, Kind, NativeSum, SlowQuery
 

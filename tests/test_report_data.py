@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from stallwatch.events import Frame, StackSample, StallEvent
-from stallwatch.history import LAG_EDGES, PENDING, LoopHistory
-from stallwatch.report_data import (
+from stallwatch.loop.history import LAG_EDGES, PENDING, LoopHistory
+from stallwatch.report.data import (
     LIBRARY_ONLY,
     NO_STACK,
     causes_view,

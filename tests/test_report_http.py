@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from stallwatch.report_http import ReportApp, check_path, check_token, is_loopback
+from stallwatch.report.http import ReportApp, check_path, check_token, is_loopback
 from tests.apps.report_app import AGAIN_LINE, HOLD_LINE
 from tests.servers import free_port, uvicorn
 

@@ -1,4 +1,4 @@
-"""``stallwatch.sampling``: which line a stall is blamed on, and which line started a task.
+"""``stallwatch.stall.sampling``: which line a stall is blamed on, and which line started a task.
 
 Live stacks are real: a real asyncio loop runs in a thread and is held inside a fake installed
 library (``tests/fakelib/site-packages``, put on ``sys.path`` under a ``site-packages`` name as
@@ -25,9 +25,10 @@ import anyio
 import pytest
 import uvloop
 
-import stallwatch.sampling
+import stallwatch.request.spans
+import stallwatch.stall.sampling
 from stallwatch.events import Frame, StackSample
-from stallwatch.sampling import (
+from stallwatch.stall.sampling import (
     MAX_FRAMES,
     OMITTED,
     STARTED_BY_DEPTH,
@@ -278,10 +279,11 @@ def test_libraries_the_standard_library_and_stallwatch_are_not_the_app(
     assert sampler.is_app(__file__)
     assert not sampler.is_app(FAKEDEEP)
     assert not sampler.is_app(asyncio.__file__)
-    assert not sampler.is_app(stallwatch.sampling.__file__)
+    assert not sampler.is_app(stallwatch.stall.sampling.__file__)
     assert not sampler.is_app(anyio.__file__)
     assert not sampler.is_app("<frozen importlib._bootstrap>")
-    stallwatch_main = os.path.join(os.path.dirname(stallwatch.sampling.__file__), "__main__.py")
+    stallwatch_main = os.path.join(os.path.dirname(stallwatch.__file__), "__main__.py")
+    assert not sampler.is_app(stallwatch.request.spans.__file__)  # every floor of the package
     assert sampler.is_app(stallwatch_main), "python -m stallwatch blocks on purpose"
 
 

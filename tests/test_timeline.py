@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-import stallwatch.spans
+import stallwatch.request.spans
 from stallwatch.events import BACKGROUND
-from stallwatch.spans import RequestSpan
-from stallwatch.timeline import Stretch, Timeline
+from stallwatch.loop.timeline import Stretch, Timeline
+from stallwatch.request.spans import RequestSpan
 
 FLOOR = 0.001
 THRESHOLD = 0.020
@@ -104,7 +104,7 @@ def _by_path(scope: Any) -> str:
 @pytest.fixture
 def make_loop(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Loop]]:
     clock = Clock()
-    monkeypatch.setattr(stallwatch.spans, "perf_counter", clock)
+    monkeypatch.setattr(stallwatch.request.spans, "perf_counter", clock)
     made: list[Loop] = []
 
     def make() -> Loop:

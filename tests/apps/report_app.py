@@ -90,7 +90,7 @@ off = build(report=False)
 def _demo() -> ASGIApp:
     """The demo app with the report served beside it, whichever way the demo is built."""
     from demo_app.app import create_app, settings_from_env
-    from stallwatch.report_http import ReportApp
+    from stallwatch.report.http import ReportApp
 
     inner: ASGIApp = create_app(**settings_from_env())
     report = ReportApp(get_monitor)  # served on the loop: get_monitor() finds its monitor

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from time import perf_counter
 
-from .events import StallEvent
+from ..events import StallEvent
 from .sampling import innermost_frame
 
 logger = logging.getLogger("stallwatch")

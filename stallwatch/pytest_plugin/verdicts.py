@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from .events import BACKGROUND, Frame, StallEvent
+from ..events import BACKGROUND, Frame, StallEvent
 
 DEFAULT_THRESHOLD = 0.020
 """Stalls shorter than this are not recorded, unless a limit in the run is lower."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._types import Message
+from .._types import Message
 
 if TYPE_CHECKING:
     from .spans import RequestSpan

@@ -17,12 +17,12 @@ from time import perf_counter
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
-from ._types import Message, Scope, Send
-from .routes import UNMATCHED, RouteResolver
+from .._types import Message, Scope, Send
+from ..routes import UNMATCHED, RouteResolver
 from .server_timing import with_server_timing
 
 if TYPE_CHECKING:
-    from .timeline import Timeline
+    from ..loop.timeline import Timeline
 
 
 class _TimedAwait:

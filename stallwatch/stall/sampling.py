@@ -24,7 +24,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from types import CodeType, FrameType
 
-from .events import Frame, StackSample
+from ..events import Frame, StackSample
 
 RawFrame = tuple[str, int, str]
 RawStack = tuple[RawFrame, ...]
@@ -55,7 +55,12 @@ STARTED_BY_CACHE = 4096
 """Call sites ``started_by`` remembers; past that it starts over (code generated at run time
 could otherwise grow it without end)."""
 
-_SELF_TEST = os.path.join(os.path.dirname(os.path.realpath(__file__)), "__main__.py")
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+"""The stallwatch package folder (this module lives one floor down, in ``stall/``)."""
+
+_SELF_TEST = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "__main__.py"
+)
 """``python -m stallwatch`` blocks the loop from inside the package, on purpose."""
 
 
@@ -65,7 +70,7 @@ def library_roots() -> tuple[str, ...]:
     paths = sysconfig.get_paths()
     roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
     roots.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
-    roots.add(os.path.dirname(os.path.abspath(__file__)))
+    roots.add(_PACKAGE)
     return tuple(sorted({_folder(r) for r in roots}))
 
 

@@ -3,7 +3,7 @@
 - ``PollProbe``: the standard selector loop calls ``selector.select()`` once per iteration;
   wrapping that one method times every poll to the microsecond.
 - ``PreparePollProbe``: uvloop has no Python-visible selector; a libuv prepare handle and
-  libuv's idle-time metric, reached through ctypes (``uvloop_idle.py``), time it as exactly.
+  libuv's idle-time metric, reached through ctypes (``libuv.py``), time it as exactly.
 - ``HeartbeatProbe``: anything else is timed from the heartbeat. With libuv's idle-time
   metric the busy time between two beats is exact; without it, a beat's lateness is all
   there is, and a stretch can be off by up to one heartbeat interval.
@@ -20,8 +20,8 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any, Protocol
 
+from .libuv import LibUV, PrepareHandle
 from .timeline import Timeline
-from .uvloop_idle import LibUV, PrepareHandle
 
 
 class Probe(Protocol):

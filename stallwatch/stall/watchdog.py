@@ -18,15 +18,15 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from .decisions import Evidence, culprits, decide_cause, samples_after_the_block
-from .events import Frame, StallEvent
+from ..decisions import Evidence, culprits, decide_cause, samples_after_the_block
+from ..events import Frame, StallEvent
+from ..loop.timeline import Stretch
 from .gcwatch import GC_WATCH
 from .sampling import RawStack, StackSampler, aggregate
 from .threadstats import ThreadStats
-from .timeline import Stretch
 
 if TYPE_CHECKING:
-    from .monitor import LoopMonitor
+    from ..monitor import LoopMonitor
 
 GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
 """False on a free-threaded build, where no native call can keep the others off a GIL."""

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ._pytest_loops import LoopWatcher, TestClientRoutes
-from ._pytest_stalls import (
+from ..events import StallEvent
+from .loops import LoopWatcher, TestClientRoutes
+from .verdicts import (
     DEFAULT_THRESHOLD,
     fails,
     failure_text,
@@ -30,7 +31,6 @@ from ._pytest_stalls import (
     stall_record,
     threshold_for,
 )
-from .events import StallEvent
 
 
 @dataclass(slots=True)

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from time import perf_counter, process_time, thread_time
 from typing import TYPE_CHECKING
 
-from .decisions import Waiter, victims
-from .events import BACKGROUND
+from ..decisions import Waiter, victims
+from ..events import BACKGROUND
 
 if TYPE_CHECKING:
-    from .events import Frame
-    from .spans import RequestSpan
+    from ..events import Frame
+    from ..request.spans import RequestSpan
 
 _NONE: dict[str, float] = {}
 

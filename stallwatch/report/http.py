@@ -28,11 +28,11 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from ._types import Receive, Scope, Send
-from .report_data import causes_view, loop_view, stalls_view, summary
+from .._types import Receive, Scope, Send
+from .data import causes_view, loop_view, stalls_view, summary
 
 if TYPE_CHECKING:
-    from .monitor import LoopMonitor
+    from ..monitor import LoopMonitor
 
 logger = logging.getLogger("stallwatch")
 
@@ -102,7 +102,7 @@ def is_loopback(host: str | None) -> bool:
 @lru_cache(maxsize=1)
 def page() -> tuple[bytes, str]:
     """The page's bytes and a Content-Security-Policy that allows exactly its inline parts."""
-    html = resources.files("stallwatch").joinpath("report_page.html").read_text("utf-8")
+    html = resources.files("stallwatch").joinpath("report").joinpath("page.html").read_text("utf-8")
 
     def hashes(tag: str) -> str:
         bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.DOTALL)

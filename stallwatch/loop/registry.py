@@ -8,7 +8,7 @@ import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .monitor import LoopMonitor
+    from ..monitor import LoopMonitor
 
 _monitors: dict[int, LoopMonitor] = {}
 _lock = threading.Lock()

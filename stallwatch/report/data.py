@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .events import Frame, StallEvent
+from ..events import Frame, StallEvent
 
 NO_STACK = "(no stack sampled)"
 """Location of stalls in which no stack could be taken (``sampled=False``, e.g. ``gil``)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from .events import StallEvent
+from ..events import StallEvent
 
 
 def as_json(events: Iterable[StallEvent]) -> str:

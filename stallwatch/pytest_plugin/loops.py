@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .events import StallEvent
-from .middleware import StallwatchMiddleware
-from .monitor import LoopMonitor, get_monitor
+from ..events import StallEvent
+from ..middleware import StallwatchMiddleware
+from ..monitor import LoopMonitor, get_monitor
 
 logger = logging.getLogger("stallwatch")
 

@@ -32,9 +32,9 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .events import Frame
+    from ..events import Frame
+    from ..loop.timeline import Timeline
     from .spans import RequestSpan
-    from .timeline import Timeline
 
 CURRENT: ContextVar[RequestSpan | None] = ContextVar("stallwatch_request", default=None)
 """The request being served in this context, if any (set by the middleware)."""

@@ -18,11 +18,11 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
-from .routes import method_label
+from ..routes import method_label
 
 if TYPE_CHECKING:
-    from .history import LoopHistory
-    from .metrics import Metrics
+    from ..loop.history import LoopHistory
+    from ..metrics import Metrics
     from .spans import RequestSpan
 
 
