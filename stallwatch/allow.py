@@ -18,7 +18,7 @@ from time import perf_counter
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .loop.registry import get_monitor
+from .monitor import get_monitor
 
 F = TypeVar("F", bound=Callable[..., Any])
 

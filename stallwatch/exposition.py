@@ -21,6 +21,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, make_asgi_app, make_w
 from ._types import ASGIApp, Receive, Scope, Send
 from .monitor import get_monitor
 from .multiprocess import MultiProcessCollector  # reads under the dead-worker cleanup's lock
+from .options import check_port
 
 
 def multiprocess_dir() -> str | None:
@@ -129,8 +130,7 @@ def start_metrics_server(
 
     Bind to loopback (the default) unless the port is meant to be reached from outside.
     """
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
-        raise ValueError(f"metrics port must be an integer from 0 to 65535, got {port!r}")
+    check_port(port)
 
     class Server(_ThreadingServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -16,6 +16,7 @@ from time import perf_counter
 from typing import Any
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
+from .errors import InternalErrors
 from .exposition import metrics_app, start_metrics_server
 from .loop.timeline import Timeline
 from .metrics import (
@@ -28,7 +29,7 @@ from .metrics import (
 )
 from .monitor import LoopMonitor, get_monitor
 from .multiprocess import start_cleanup
-from .options import MiddlewareOptions, monitor_options
+from .options import MiddlewareOptions, middleware_options
 from .report.http import ReportApp
 from .request.spans import RequestSpan
 from .request.tally import RequestMetrics
@@ -47,36 +48,13 @@ class StallwatchMiddleware:
     report) and those of ``MonitorOptions`` (how the loop is watched), both checked here.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        route_resolver: RouteResolver | None = None,
-        request_buckets: tuple[float, ...] | None = None,
-        metrics_path: str | None = None,
-        metrics_port: int | None = None,
-        metrics_host: str = "127.0.0.1",
-        report: bool = False,
-        report_path: str = "/_stallwatch",
-        report_token: str | None = None,
-        server_timing: bool = False,
-        group_status: bool = False,
-        **monitor: Any,
-    ) -> None:
+    def __init__(self, app: ASGIApp, **options: Any) -> None:
         self.app = app
-        self.options = options = MiddlewareOptions(
-            route_resolver=route_resolver,
-            request_buckets=request_buckets,
-            metrics_path=metrics_path,
-            metrics_port=metrics_port,
-            metrics_host=metrics_host,
-            report=report,
-            report_path=report_path,
-            report_token=report_token,
-            server_timing=server_timing,
-            group_status=group_status,
-        )
-        self.monitor_options = monitor_options("StallwatchMiddleware", monitor)
+        # Each option is declared and checked once, in ``options.py``: a wrong name or value
+        # fails here, at start-up, naming the option.
+        self.options, self.monitor_options = middleware_options("StallwatchMiddleware", options)
+        options_ = self.options
+        route_resolver = options_.route_resolver
         registry = self.monitor_options.registry
         # The metrics first: the monitor would register them with the default request buckets.
         self._unwatched = False
@@ -84,7 +62,7 @@ class StallwatchMiddleware:
             metrics = metrics_for(
                 registry,
                 lag_buckets=self.monitor_options.lag_buckets,
-                request_buckets=options.request_buckets,
+                request_buckets=options_.request_buckets,
             )
         except MetricsTaken as exc:
             # Another collector holds one of our names: that is the app's registry, and the
@@ -95,22 +73,23 @@ class StallwatchMiddleware:
                 LAG_BUCKETS, REQUEST_BUCKETS
             )  # registered nowhere, never used
         self.metrics: Metrics = metrics
+        self._errors = InternalErrors(metrics.internal_errors)  # until a monitor counts them
         self._resolver: RouteResolver = route_resolver or default_resolver(app)
         self._resolve: RouteResolver = self._contained_resolve  # bound once, not per request
         self._bind_app = route_resolver is None
-        self._metrics_app = metrics_app(registry) if metrics_path is not None else None
+        self._metrics_app = metrics_app(registry) if options_.metrics_path is not None else None
         self._report = (
-            ReportApp(lambda: self.monitor, path=report_path, token=report_token)
-            if report
+            ReportApp(lambda: self.monitor, path=options_.report_path, token=options_.report_token)
+            if options_.report
             else None
         )
-        self._report_prefix = report_path + "/"
+        self._report_prefix = options_.report_path + "/"
         self._metrics_server: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timeline: Timeline | None = None
         self.monitor: LoopMonitor | None = None
         self._owns_monitor = False
-        self._requests = RequestMetrics(self.metrics, group_status=group_status)
+        self._requests = RequestMetrics(self.metrics, group_status=options_.group_status)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._unwatched:
@@ -198,7 +177,8 @@ class StallwatchMiddleware:
                 route,
                 span.status or 500,
                 end - span.start,
-                span,
+                span.longest,
+                span.busy,
                 frozen,
                 timeline.floor,
             )
@@ -304,14 +284,8 @@ class StallwatchMiddleware:
             )
 
     def _internal_error(self, component: str) -> None:
-        if self.monitor is not None:
-            self.monitor.internal_error(component)
-            return
-        try:
-            self.metrics.internal_errors.labels(component).inc()
-            logger.exception("stallwatch: internal error in %s (counted, not raised)", component)
-        except Exception:  # pragma: no cover
-            pass
+        monitor = self.monitor
+        (monitor.errors if monitor is not None else self._errors).error(component)
 
 
 def _without_port(options: MiddlewareOptions) -> MiddlewareOptions:

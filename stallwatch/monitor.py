@@ -18,6 +18,7 @@ from time import perf_counter
 from types import TracebackType
 from typing import Any
 
+from .errors import InternalErrors
 from .events import StallEvent
 from .loop import registry
 from .loop.history import LoopHistory
@@ -25,15 +26,19 @@ from .loop.probes import Probe, choose_probe
 from .loop.timeline import Stretch, Timeline
 from .metrics import Metrics, metrics_for
 from .options import MonitorOptions, monitor_options
-from .request.tasks import TaskAttribution
+from .request.tasks import CURRENT, TaskAttribution
 from .stall.gcwatch import GC_WATCH
 from .stall.log import StallLog
 from .stall.sampling import StackSampler
-from .stall.watchdog import Watchdog
+from .stall.watchdog import Watchdog, WatchdogLinks
 
 logger = logging.getLogger("stallwatch")
 
-get_monitor = registry.get_monitor
+
+def get_monitor(loop: asyncio.AbstractEventLoop | None = None) -> LoopMonitor | None:
+    """The running monitor of ``loop`` (the running loop by default), or None."""
+    found = registry.get_watcher(loop)
+    return found if isinstance(found, LoopMonitor) else None
 
 
 class LoopMonitor:
@@ -65,8 +70,8 @@ class LoopMonitor:
         """The last minutes of lag, route busy time and frozen time, for the report."""
         self._events: deque[StallEvent] = deque(maxlen=options.history)
         self._stall_log = StallLog(every=options.log_every, burst=options.log_burst)
-        self._logged_errors: set[str] = set()
-        self._errors: dict[str, Any] = {}
+        self.errors = InternalErrors(self.metrics.internal_errors)
+        """Where every part watching this loop counts its own errors (``errors.py``)."""
         self._started = False
         self._loop_thread = 0
         self._timeline: Timeline | None = None
@@ -77,8 +82,6 @@ class LoopMonitor:
         self._due = 0.0
         self._flushers: list[Callable[[], None]] = []
         self._beats_to_flush = 0
-        self.stops_seen = 0
-        """Bumped by the watchdog while the loop is stopped (between two ``run_*`` calls)."""
         self._beat_stops = 0
 
     # -- public ----------------------------------------------------------------------------------
@@ -145,14 +148,34 @@ class LoopMonitor:
         self._loop_thread = threading.get_ident()
         sampler = StackSampler(self._loop_thread, in_app_include=self.options.in_app_include)
         timeline = self._timeline = Timeline(
-            floor=self.floor, threshold=self.stall_threshold, on_stall=self._stall_ended
+            floor=self.floor,
+            threshold=self.stall_threshold,
+            on_stall=self._stall_ended,
+            current=CURRENT.get,
         )
-        self._probe = choose_probe(loop, timeline, interval=self.interval)
+        self._probe = choose_probe(
+            loop, timeline, interval=self.interval, on_error=lambda: self.internal_error("probe")
+        )
         self._tasks = TaskAttribution(
             loop, timeline, sampler.started_by, lambda: self.internal_error("tasks")
         )
         self._tasks.install()
-        self._watchdog = Watchdog(self, sampler, threading.get_native_id())
+        tasks = self._tasks
+        self._watchdog = Watchdog(
+            WatchdogLinks(
+                loop=loop,
+                held_since=self.held_since,
+                started_by=lambda: tasks.origin,
+                record=self.record,
+                on_error=lambda: self.internal_error("watchdog", once=True),
+                show_stall=self.metrics.stall_in_progress.set,
+                loop_closed=self.stop,
+            ),
+            sampler,
+            threading.get_native_id(),
+            threshold=self.stall_threshold,
+            sample_interval=self.sample_interval,
+        )
         GC_WATCH.acquire()
         self._started = True
         self._due = loop.time() + self.interval
@@ -221,7 +244,7 @@ class LoopMonitor:
         try:
             now = perf_counter()
             lateness = self.loop.time() - self._due
-            stops = self.stops_seen
+            stops = self._watchdog.stops_seen if self._watchdog is not None else 0
             if stops != self._beat_stops:
                 # The loop was stopped since the last beat: that wait was no callback's lag.
                 self._beat_stops = stops
@@ -275,15 +298,4 @@ class LoopMonitor:
 
     def internal_error(self, component: str, *, once: bool = True) -> None:
         """Count an error of stallwatch's own and log it the first time; never raise."""
-        try:
-            child = self._errors.get(component)
-            if child is None:
-                child = self._errors[component] = self.metrics.internal_errors.labels(component)
-            child.inc()
-            if component not in self._logged_errors or not once:
-                self._logged_errors.add(component)
-                logger.exception(
-                    "stallwatch: internal error in %s (counted, not raised)", component
-                )
-        except Exception:  # pragma: no cover - the last line of defence
-            pass
+        self.errors.error(component, once=once)

@@ -123,26 +123,49 @@ class MiddlewareOptions:
             self, "request_buckets", _buckets("request_buckets", self.request_buckets)
         )
         _path("metrics_path", self.metrics_path)
-        port = self.metrics_port
-        if port is not None and (
-            not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535
-        ):
-            raise ValueError(f"metrics_port must be an integer 0-65535, got {port!r}")
+        if self.metrics_port is not None:
+            check_port(self.metrics_port)
         if not isinstance(self.metrics_host, str) or not self.metrics_host:
             raise TypeError(
                 f"metrics_host must be a host name or address, got {self.metrics_host!r}"
             )
         for name in ("report", "server_timing", "group_status"):
             _flag(name, getattr(self, name))
-        _path("report_path", self.report_path)
-        if self.report_path is None or self.report_path == "/" or self.report_path.endswith("/"):
-            raise ValueError(
-                f"report_path must be a path like '/_stallwatch' (no trailing slash), "
-                f"got {self.report_path!r}"
-            )
-        token = self.report_token
-        if token is not None and (not isinstance(token, str) or not token.strip()):
-            raise ValueError("report_token must be a non-empty string or None")
+        check_path(self.report_path)
+        check_token(self.report_token)
+
+
+def check_port(port: object) -> int:
+    """``metrics_port``: an integer from 0 to 65535 (0: any free port)."""
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise ValueError(f"metrics_port must be an integer from 0 to 65535, got {port!r}")
+    return port
+
+
+def check_path(path: object) -> str:
+    """``report_path``: an absolute path without a trailing slash."""
+    if (
+        not isinstance(path, str)
+        or not path.startswith("/")
+        or path.endswith("/")
+        or any(c in path for c in "?#")
+    ):
+        raise ValueError(
+            f"report_path must start with '/' and not end with one (e.g. '/_stallwatch'), "
+            f"got {path!r}"
+        )
+    return path
+
+
+def check_token(token: object) -> str | None:
+    """``report_token``: None, or a non-empty string that can travel in an HTTP header."""
+    if token is None:
+        return None
+    if not isinstance(token, str) or not token or token != token.strip():
+        raise ValueError("report_token must be a non-empty string without surrounding spaces")
+    if not token.isascii() or not token.isprintable():
+        raise ValueError("report_token must be printable ASCII, to travel in a header")
+    return token
 
 
 def _path(name: str, value: object) -> None:
@@ -159,3 +182,19 @@ def monitor_options(owner: str, options: dict[str, Any]) -> MonitorOptions:
     if unknown:
         raise TypeError(f"{owner} got unknown option(s): {', '.join(unknown)}")
     return MonitorOptions(**options)
+
+
+MIDDLEWARE_OPTIONS = frozenset(f.name for f in fields(MiddlewareOptions))
+
+
+def middleware_options(
+    owner: str, options: dict[str, Any]
+) -> tuple[MiddlewareOptions, MonitorOptions]:
+    """The middleware's keyword arguments, split into its own options and the monitor's;
+    an unknown name is a TypeError naming it."""
+    unknown = sorted(set(options) - MIDDLEWARE_OPTIONS - MONITOR_OPTIONS)
+    if unknown:
+        raise TypeError(f"{owner} got unknown option(s): {', '.join(unknown)}")
+    own = {name: value for name, value in options.items() if name in MIDDLEWARE_OPTIONS}
+    rest = {name: value for name, value in options.items() if name not in MIDDLEWARE_OPTIONS}
+    return MiddlewareOptions(**own), MonitorOptions(**rest)

@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from stallwatch.report.http import ReportApp, check_path, check_token, is_loopback
+from stallwatch.options import check_path, check_token
+from stallwatch.report.http import ReportApp, is_loopback
 from tests.apps.report_app import AGAIN_LINE, HOLD_LINE
 from tests.servers import free_port, uvicorn
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-import stallwatch.request.spans
+import stallwatch.loop.timeline
 from stallwatch.events import BACKGROUND
 from stallwatch.loop.timeline import Stretch, Timeline
 from stallwatch.request.spans import RequestSpan
@@ -104,7 +104,7 @@ def _by_path(scope: Any) -> str:
 @pytest.fixture
 def make_loop(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Loop]]:
     clock = Clock()
-    monkeypatch.setattr(stallwatch.request.spans, "perf_counter", clock)
+    monkeypatch.setattr(stallwatch.loop.timeline, "perf_counter", clock)
     made: list[Loop] = []
 
     def make() -> Loop:

@@ -38,15 +38,22 @@ class Probe(Protocol):
         """Undo what ``install`` did (loop thread)."""
 
 
-def choose_probe(loop: asyncio.AbstractEventLoop, timeline: Timeline, *, interval: float) -> Probe:
+def choose_probe(
+    loop: asyncio.AbstractEventLoop,
+    timeline: Timeline,
+    *,
+    interval: float,
+    on_error: Callable[[], None] = lambda: None,
+) -> Probe:
     """The most exact probe this loop allows, installed and wired to ``timeline``; the
-    heartbeat's ``interval`` bounds how far off the fallback can be."""
+    heartbeat's ``interval`` bounds how far off the fallback can be. ``on_error`` counts an
+    error inside a callback from libuv, which must never raise."""
     selector = PollProbe.selector_of(loop)
     if selector is not None:
         return PollProbe(selector, timeline)
     libuv = LibUV.attach(loop)
     if libuv is not None:
-        prepare = PreparePollProbe(loop, timeline, libuv)
+        prepare = PreparePollProbe(loop, timeline, libuv, on_error)
         if prepare.install():
             return prepare
     return HeartbeatProbe(timeline, libuv, interval)
@@ -102,13 +109,19 @@ class PreparePollProbe:
 
     name = "uv-prepare"
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeline: Timeline, libuv: LibUV) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        timeline: Timeline,
+        libuv: LibUV,
+        on_error: Callable[[], None] = lambda: None,
+    ) -> None:
         self._loop = loop
+        self._on_error = on_error
         self._timeline = timeline
         self._libuv = libuv
         self._last = (perf_counter(), libuv.idle_seconds())
         self._handle: PrepareHandle | None = None
-        self.errors = 0
         # Closing the loop frees what idle_seconds() reads, and the watchdog reads it without
         # the GIL (ctypes lets it go): the two must not overlap.
         self._closing = threading.Lock()
@@ -154,7 +167,7 @@ class PreparePollProbe:
             self._last = (now, idle)
             self._timeline.about_to_poll(now, start=at + (idle - last_idle))
         except Exception:  # a callback from C must never raise
-            self.errors += 1
+            self._on_error()
 
     def uninstall(self) -> None:
         if self._handle is not None:

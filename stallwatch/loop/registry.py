@@ -1,22 +1,29 @@
-"""Which loops are watched: one monitor per event loop, found from anywhere in the process."""
+"""Which loops are watched: one watcher (a ``LoopMonitor``) per event loop, found from anywhere
+in the process. It knows watchers only as things with a loop that can be stopped, so that
+the monitor's own module, which imports most of the package, is imported by nothing here."""
 
 from __future__ import annotations
 
 import asyncio
 import atexit
 import threading
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from ..monitor import LoopMonitor
 
-_monitors: dict[int, LoopMonitor] = {}
+class Watcher(Protocol):
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    def stop(self) -> None: ...
+
+
+_monitors: dict[int, Watcher] = {}
 _lock = threading.Lock()
 _atexit_registered = False
 
 
-def get_monitor(loop: asyncio.AbstractEventLoop | None = None) -> LoopMonitor | None:
-    """The running monitor of ``loop`` (the running loop by default), or None."""
+def get_watcher(loop: asyncio.AbstractEventLoop | None = None) -> Watcher | None:
+    """The running watcher of ``loop`` (the running loop by default), or None."""
     if loop is None:
         try:
             loop = asyncio.get_running_loop()
@@ -26,11 +33,11 @@ def get_monitor(loop: asyncio.AbstractEventLoop | None = None) -> LoopMonitor | 
     return monitor if monitor is not None and monitor.loop is loop else None
 
 
-def claim(loop: asyncio.AbstractEventLoop, monitor: LoopMonitor) -> bool:
+def claim(loop: asyncio.AbstractEventLoop, monitor: Watcher) -> bool:
     """Make ``monitor`` the one of ``loop``; False if another one watches it already."""
     global _atexit_registered
     with _lock:
-        if get_monitor(loop) is not None:
+        if get_watcher(loop) is not None:
             return False
         _monitors[id(loop)] = monitor
         if not _atexit_registered:
@@ -39,7 +46,7 @@ def claim(loop: asyncio.AbstractEventLoop, monitor: LoopMonitor) -> bool:
     return True
 
 
-def release(loop: asyncio.AbstractEventLoop | None, monitor: LoopMonitor) -> None:
+def release(loop: asyncio.AbstractEventLoop | None, monitor: Watcher) -> None:
     with _lock:
         if _monitors.get(id(loop)) is monitor:
             del _monitors[id(loop)]

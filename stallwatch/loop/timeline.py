@@ -19,14 +19,39 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter, process_time, thread_time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from ..decisions import Waiter, victims
 from ..events import BACKGROUND
 
-if TYPE_CHECKING:
-    from ..events import Frame
-    from ..request.spans import RequestSpan
+
+class SpanBook(Protocol):
+    """What the timeline keeps of a request (``request.spans.RequestSpan`` is one).
+
+    The fields are the timeline's: only its methods below write them. They live on the
+    request's record, not in a map here, because the loop thread reads them on every step.
+    """
+
+    start: float
+    """When the request's life began (perf_counter), as ``origin()`` said."""
+    base_seq: int
+    base: dict[str, float]
+    base_less: dict[str, float]
+    busy: float
+    longest: float
+    own_long: float
+    stretch_id: int
+    stretch_time: float
+    folded: float
+    """Seconds of ``stretch_time`` already added to the stretch's holders."""
+    done: bool
+    ended: float
+    ended_in: int
+
+    def route_label(self) -> str: ...
+
+    def victim_label(self) -> str: ...
+
 
 _NONE: dict[str, float] = {}
 
@@ -59,6 +84,7 @@ class Timeline:
         threshold: float,
         on_stall: Callable[[Stretch], None],
         clock: Callable[[], float] = perf_counter,
+        current: Callable[[], SpanBook | None] = lambda: None,
     ) -> None:
         now = clock()
         self.floor = floor
@@ -76,19 +102,19 @@ class Timeline:
         self.busy_since: float | None = now
         """Start of the stretch in progress, None while polling: the watchdog's one read."""
         self.stretch_id = 0
-        self.ran: list[RequestSpan] = []
+        self.ran: list[SpanBook] = []
         """Spans that ran in the stretch in progress (a span again if it ran after a fold)."""
         self.nested = 0.0
-        """Seconds of timed steps inside the step in progress (the timed steps keep it)."""
+        """Seconds of timed steps inside the step in progress (``run_step`` keeps it)."""
         self.step_began = now
-        """When the innermost timed step in progress began (the timed steps keep it)."""
-        self.step_origin: Frame | None = None
-        """Where the request's code started the task whose step runs now, if it did (tasks.py
-        keeps it; the watchdog reads it for a stall's ``started_by``)."""
+        """When the innermost timed step in progress began (``run_step`` keeps it)."""
+        self.current = current
+        """Who pays for a step ``run_step`` is not told the payer of: the request whose
+        context the step ran in (the monitor passes ``request.tasks.CURRENT.get``)."""
         self.holders: dict[str, float] = {}
         self.held = 0.0
         self._cursor = 0
-        self.in_flight: set[RequestSpan] = set()
+        self.in_flight: set[SpanBook] = set()
         self.seq = 0
         self.prev_seq = 0
         self.totals: dict[str, float] = {}
@@ -167,7 +193,29 @@ class Timeline:
             return self.prev_stretch_start, self.prev_seq, totals, less
         return self.current_start(), self.seq, totals, _NONE
 
-    def step_ran(self, span: RequestSpan, seconds: float) -> None:
+    def run_step(self, span: SpanBook | None, step: Callable[..., Any], *args: Any) -> Any:
+        """Run one step of a request's code (its own coroutine, or a task it started) and
+        charge the loop time it held to ``span`` (None: whoever ``current`` says after the
+        step, as a pipelined request takes over the task the previous one started).
+
+        A step that runs inside another timed step (an eager task's first step runs inside
+        ``create_task``) is taken out of the outer one, so no second is counted twice.
+        """
+        outer = self.nested
+        self.nested = 0.0
+        began = self.step_began = perf_counter()
+        try:
+            return step(*args)
+        finally:
+            elapsed = perf_counter() - began
+            inner = self.nested
+            self.nested = outer + elapsed
+            if span is None:
+                span = self.current()
+            if span is not None:
+                self.step_ran(span, elapsed - inner)
+
+    def step_ran(self, span: SpanBook, seconds: float) -> None:
         """One step of ``span``'s (or of a task it started) held the loop for ``seconds``."""
         span.busy += seconds
         if seconds > span.longest:
@@ -185,10 +233,10 @@ class Timeline:
             route = span.route_label()
             self.late_busy[route] = self.late_busy.get(route, 0.0) + seconds
 
-    def request_started(self, span: RequestSpan) -> None:
+    def request_started(self, span: SpanBook) -> None:
         self.in_flight.add(span)
 
-    def request_ended(self, span: RequestSpan, end: float) -> None:
+    def request_ended(self, span: SpanBook, end: float) -> None:
         self.in_flight.discard(span)
         span.done = True
         span.ended = end
@@ -254,10 +302,11 @@ class Timeline:
         holders = self.holders
         self.holders = {}  # this stretch keeps the folded dict; the next one starts afresh
         held = self.held
+        counted: set[SpanBook] = set()
         for span in self.ran:
-            if span.folded >= 0.0:  # once per span, though it may stand in ``ran`` twice
+            if span not in counted:  # once per span, though it may stand in ``ran`` twice
+                counted.add(span)
                 span.own_long += span.stretch_time
-                span.folded = -1.0
         self._reset_holders()
         if busy > held:
             holders[BACKGROUND] = holders.get(BACKGROUND, 0.0) + busy - held
@@ -290,7 +339,7 @@ class Timeline:
         sid = self.stretch_id
         start = end - busy
         waiters = []
-        seen: set[RequestSpan] = set()
+        seen: set[SpanBook] = set()
         for span in (*self.in_flight, *self.ran):
             if span in seen:
                 continue
@@ -308,7 +357,7 @@ class Timeline:
 
     # -- read by spans ----------------------------------------------------------------------
 
-    def frozen(self, span: RequestSpan, end: float) -> dict[str, float] | None:
+    def frozen(self, span: SpanBook, end: float) -> dict[str, float] | None:
         """Seconds, by culprit, that other work held the loop during ``span``'s life."""
         partial = end - self.current_start() if self.exact else 0.0
         if self.seq == span.base_seq and partial < self.floor:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from .._types import Receive, Scope, Send
+from ..options import check_path, check_token
 from .data import causes_view, loop_view, stalls_view, summary
 
 if TYPE_CHECKING:
@@ -58,32 +59,6 @@ _REASONS = {
     405: "Method Not Allowed",
     500: "Internal Server Error",
 }
-
-
-def check_path(path: object) -> str:
-    """``report_path``: an absolute path without a trailing slash."""
-    if (
-        not isinstance(path, str)
-        or not path.startswith("/")
-        or path.endswith("/")
-        or any(c in path for c in "?#")
-    ):
-        raise ValueError(
-            f"report_path must start with '/' and not end with one (e.g. '/_stallwatch'), "
-            f"got {path!r}"
-        )
-    return path
-
-
-def check_token(token: object) -> str | None:
-    """``report_token``: None, or a non-empty string that can travel in an HTTP header."""
-    if token is None:
-        return None
-    if not isinstance(token, str) or not token or token != token.strip():
-        raise ValueError("report_token must be a non-empty string without surrounding spaces")
-    if not token.isascii() or not token.isprintable():
-        raise ValueError("report_token must be printable ASCII, to travel in a header")
-    return token
 
 
 def is_loopback(host: str | None) -> bool:

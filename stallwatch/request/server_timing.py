@@ -7,25 +7,13 @@ milliseconds, as the header's ``dur`` requires, at the moment the response start
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .._types import Message
 
-if TYPE_CHECKING:
-    from .spans import RequestSpan
 
-
-def with_server_timing(span: RequestSpan, message: Message, now: float) -> Message:
-    """A copy of the ``http.response.start`` message with the header added (the app's own
-    message and headers list are left as they were)."""
-    timeline = span.timeline
-    # The step sending the response is the request's own, though it is not over yet: the
-    # timeline has not been told about it, and would count it as someone else's.
-    in_step = max(0.0, now - timeline.step_began)
-    frozen = timeline.frozen(span, now)
-    frozen_ms = max(0.0, sum(frozen.values()) - in_step) * 1e3 if frozen else 0.0
-    hold_ms = (span.busy + in_step) * 1e3
-    value = f"loop-hold;dur={hold_ms:.3f}, loop-frozen;dur={frozen_ms:.3f}"
+def with_server_timing(message: Message, hold: float, frozen: float) -> Message:
+    """A copy of the ``http.response.start`` message with the header added, for ``hold``
+    and ``frozen`` seconds (the app's own message and headers list are left as they were)."""
+    value = f"loop-hold;dur={hold * 1e3:.3f}, loop-frozen;dur={frozen * 1e3:.3f}"
     headers = list(message.get("headers") or ())
     headers.append((b"server-timing", value.encode("latin-1")))
     copied = dict(message)

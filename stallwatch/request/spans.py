@@ -45,34 +45,14 @@ class _TimedAwait:
         return self
 
     def send(self, value: Any = None) -> Any:
-        timeline = self.timeline
-        outer = timeline.nested
-        timeline.nested = 0.0
-        began = timeline.step_began = perf_counter()
-        try:
-            return self._coro.send(value)
-        finally:
-            elapsed = perf_counter() - began
-            inner = timeline.nested
-            timeline.nested = outer + elapsed
-            timeline.step_ran(self, elapsed - inner)  # type: ignore[arg-type]
+        return self.timeline.run_step(self, self._coro.send, value)  # type: ignore[arg-type]
 
     __next__ = send
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
-        timeline = self.timeline
-        outer = timeline.nested
-        timeline.nested = 0.0
-        began = timeline.step_began = perf_counter()
-        try:
-            if val is None and tb is None:
-                return self._coro.throw(typ)
-            return self._coro.throw(typ, val, tb)  # pragma: no cover - pre-3.12 callers
-        finally:
-            elapsed = perf_counter() - began
-            inner = timeline.nested
-            timeline.nested = outer + elapsed
-            timeline.step_ran(self, elapsed - inner)  # type: ignore[arg-type]
+        if val is None and tb is None:
+            return self.timeline.run_step(self, self._coro.throw, typ)  # type: ignore[arg-type]
+        return self.timeline.run_step(self, self._coro.throw, typ, val, tb)  # type: ignore[arg-type]  # pragma: no cover - pre-3.12 callers
 
     def close(self) -> None:
         self._coro.close()
@@ -192,7 +172,14 @@ class RequestSpan(_TimedAwait):
         if not self.status and self._see(message) == "http.response.start":
             # A message we cannot copy goes on unchanged: the server's to judge.
             with contextlib.suppress(Exception):
-                message = with_server_timing(self, message, perf_counter())
+                timeline = self.timeline
+                now = perf_counter()
+                # The step sending the response is the request's own, though it is not over
+                # yet: the timeline has not been told of it, and would count it as another's.
+                in_step = max(0.0, now - timeline.step_began)
+                frozen = timeline.frozen(self, now)
+                waited = max(0.0, sum(frozen.values()) - in_step) if frozen else 0.0
+                message = with_server_timing(message, self.busy + in_step, waited)
         return self._send(message)
 
     def _see(self, message: Message) -> object:

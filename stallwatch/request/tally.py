@@ -23,7 +23,6 @@ from ..routes import method_label
 if TYPE_CHECKING:
     from ..loop.history import LoopHistory
     from ..metrics import Metrics
-    from .spans import RequestSpan
 
 
 def _bulk_ready(child: Any) -> bool:
@@ -156,7 +155,8 @@ class RequestMetrics:
         route: str,
         status: int,
         duration: float,
-        span: RequestSpan,
+        longest: float,
+        busy: float,
         frozen: dict[str, float] | None,
         floor: float,
     ) -> None:
@@ -166,7 +166,7 @@ class RequestMetrics:
         tally = self._requests.get(key)
         if tally is None:
             tally = self._new_tally(key)
-        tally.add(duration, span.longest, span.busy)
+        tally.add(duration, longest, busy)
         if frozen:
             for culprit, seconds in frozen.items():
                 pair = self._frozen.get((route, culprit))

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from contextvars import Context, ContextVar
-from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -66,6 +65,9 @@ class TaskAttribution:
         self._call_soon: Callable[..., asyncio.Handle] = loop.call_soon
         self._had_own_call_soon = False
         self._active = False
+        self.origin: Frame | None = None
+        """Where the request's code started the task whose step runs now, if it did (the
+        watchdog reads it, from its thread, for a stall's ``started_by``)."""
         self.factory: TaskFactory = self._create  # one bound method, so it can be compared
         self.call_soon: Callable[..., asyncio.Handle] = self._schedule
 
@@ -116,24 +118,12 @@ class TaskAttribution:
 
     def _run(self, step: Callable[..., object], *args: Any) -> None:
         """One timed step of a request's task, run in the task's context by the loop."""
-        timeline = self._timeline
-        outer = timeline.nested
-        outer_origin = timeline.step_origin
-        timeline.nested = 0.0
-        timeline.step_origin = STARTED_BY.get()
-        began = timeline.step_began = perf_counter()
+        outer = self.origin
+        self.origin = STARTED_BY.get()
         try:
-            step(*args)
+            self._timeline.run_step(None, step, *args)
         finally:
-            elapsed = perf_counter() - began
-            inner = timeline.nested
-            timeline.nested = outer + elapsed
-            timeline.step_origin = outer_origin
-            # Read after the step: a request that took this task over (a pipelined request
-            # whose server task the previous one created) is the one that pays.
-            span = CURRENT.get()
-            if span is not None:
-                timeline.step_ran(span, elapsed - inner)
+            self.origin = outer
 
     # -- every task the loop creates ---------------------------------------------------------
 

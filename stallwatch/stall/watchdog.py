@@ -14,9 +14,9 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
-from typing import TYPE_CHECKING
 
 from ..decisions import Evidence, culprits, decide_cause, samples_after_the_block
 from ..events import Frame, StallEvent
@@ -24,9 +24,6 @@ from ..loop.timeline import Stretch
 from .gcwatch import GC_WATCH
 from .sampling import RawStack, StackSampler, aggregate
 from .threadstats import ThreadStats
-
-if TYPE_CHECKING:
-    from ..monitor import LoopMonitor
 
 GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
 """False on a free-threaded build, where no native call can keep the others off a GIL."""
@@ -51,9 +48,42 @@ class _Counters:
     run_queue_wait: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class WatchdogLinks:
+    """What the watchdog is given of the loop it watches: readers it may call from its
+    thread, and where its findings go. It is never given the monitor itself."""
+
+    loop: asyncio.AbstractEventLoop
+    held_since: Callable[[], float | None]
+    """When the loop last stopped polling, if it is busy now; None while it polls."""
+    started_by: Callable[[], Frame | None]
+    """Where the request's code started the task whose step runs now, if it did."""
+    record: Callable[[StallEvent], None]
+    """Takes each stall event (watchdog thread)."""
+    on_error: Callable[[], None]
+    """Counts and logs one error of the watchdog's own."""
+    show_stall: Callable[[float], None]
+    """Sets the stall-in-progress gauge (0 when none is)."""
+    loop_closed: Callable[[], None]
+    """The loop was closed under a running monitor: stop watching."""
+
+
 class Watchdog:
-    def __init__(self, monitor: LoopMonitor, sampler: StackSampler, loop_native_id: int) -> None:
-        self._monitor = monitor
+    def __init__(
+        self,
+        links: WatchdogLinks,
+        sampler: StackSampler,
+        loop_native_id: int,
+        *,
+        threshold: float,
+        sample_interval: float,
+    ) -> None:
+        self._links = links
+        self.threshold = threshold
+        self.sample_interval = sample_interval
+        self.stops_seen = 0
+        """Bumped while the loop is seen stopped (between two ``run_*`` calls); the
+        heartbeat reads it to tell a wait of the loop's from a callback's lag."""
         self._sampler = sampler
         self._stats = ThreadStats(sampler.thread_id, loop_native_id)
         self._stop = threading.Event()
@@ -72,7 +102,7 @@ class Watchdog:
         self.max_late = max(0.010, 2 * sys.getswitchinterval())
         """A wake-up later than this was held off: the loop thread kept the GIL."""
         self.thread = threading.Thread(
-            target=self._run, name=f"stallwatch-watchdog-{id(monitor):x}", daemon=True
+            target=self._run, name=f"stallwatch-watchdog-{id(links.loop):x}", daemon=True
         )
 
     # -- called from the loop thread ---------------------------------------------------------
@@ -118,56 +148,57 @@ class Watchdog:
                 # timed-out wait that was not scheduled before the wake can return as woken).
                 timeout = self._tick(intended)
             except Exception:
-                timeout = self._monitor.stall_threshold
+                timeout = self.threshold
                 # Counted every time, logged the first time only: a failure that repeats on
                 # every tick must not flood the log.
-                self._monitor.internal_error("watchdog", once=True)
+                self._links.on_error()
         self._finish_ended()
         self._stats.close()
 
     # -- one wake-up -----------------------------------------------------------------------------
 
     def _tick(self, intended: float | None) -> float:
-        monitor = self._monitor
-        if monitor.loop.is_closed():
+        links = self._links
+        loop = links.loop
+        if loop.is_closed():
             self._stop.set()
-            monitor.stop()
+            links.loop_closed()
             return 0.0
         self._finish_ended()
         now = perf_counter()
         if intended is not None and now - intended > self.max_late:
             self._late.append((intended, now))
-        if not monitor.loop.is_running():
+        if not loop.is_running():
             self._stopped.append(now)
-            monitor.stops_seen += 1
-        since = monitor.held_since()
-        threshold = monitor.stall_threshold
+            self.stops_seen += 1
+        since = links.held_since()
+        threshold = self.threshold
         if since is not None and now - since >= threshold:
-            monitor.metrics.stall_in_progress.set(now - since)
+            links.show_stall(now - since)
             self._gauge_set = True
             if intended is None or now - intended <= self.max_late:
                 self._sample(now)
-            return monitor.sample_interval
+            return self.sample_interval
         if self._gauge_set:
-            monitor.metrics.stall_in_progress.set(0)
+            links.show_stall(0.0)
             self._gauge_set = False
         self._mark = self._counters()
         # Sleep until the earliest moment a stall could be under way: a stall that begins
         # just after this look is still caught within about one threshold of its start.
         if since is None:
             return threshold
-        return max(monitor.sample_interval, min(threshold, since + threshold - now))
+        return max(self.sample_interval, min(threshold, since + threshold - now))
 
     def _sample(self, now: float) -> None:
         stack = self._sampler.sample()
         task: str | None = None
         started_by: Frame | None = None
         try:
-            current = asyncio.current_task(self._monitor.loop)
+            current = asyncio.current_task(self._links.loop)
             if current is not None:
                 task = current.get_name()
                 # A task a request started carries the line that started it (tasks.py).
-                started_by = self._monitor.timeline.step_origin
+                started_by = self._links.started_by()
         except RuntimeError:
             pass
         # Reading /proc lets the GIL go and costs a hand-off back: every fourth sample is
@@ -192,9 +223,9 @@ class Watchdog:
             try:
                 event = self._event(stretch)
                 if event is not None:
-                    self._monitor.record(event)
+                    self._links.record(event)
             except Exception:
-                self._monitor.internal_error("watchdog", once=True)
+                self._links.on_error()
             with self._settled:
                 self._finished += 1
                 self._settled.notify_all()
