@@ -691,7 +691,7 @@ def test_each_stall_logs_one_warning_naming_duration_culprit_and_line(
         message = record.getMessage()
         assert record.levelno == logging.WARNING
         assert f"{event.duration * 1e3:.1f} ms" in message
-        assert f"by {event.culprit} at {event.top_frame or 'no stack sampled'}" in message
+        assert f"by {event.culprit} at {event.top_frame or '(no stack sampled)'}" in message
         if event in mine:
             assert (
                 f"by {BACKGROUND} at {blockers.__file__}:{blockers.line_of('sleep')} in sleep"

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from ..events import BACKGROUND, Frame, StallEvent
+from ..stall.location import NO_STACK, frame_text, location
 
 DEFAULT_THRESHOLD = 0.020
 """Stalls shorter than this are not recorded, unless a limit in the run is lower."""
@@ -24,7 +25,7 @@ FAILING_CAUSES = frozenset({"blocking", "gil"})
 """Code on the loop held it. ``starvation`` (a loaded CI machine, other threads) and ``gc``
 are reported, never failed on: they are not the line the stack names."""
 _DISPATCH = ("events.py", "base_events.py", "runners.py")
-_SELF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
+_SELF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")
 _STDLIB = tuple(os.path.join(sysconfig.get_paths()[key], "") for key in ("stdlib", "platstdlib"))
 
 
@@ -66,17 +67,9 @@ def fails(event: StallEvent, limit: float) -> bool:
     return event.duration > limit and event.cause in FAILING_CAUSES and not is_allowed(event)
 
 
-def relative(filename: str, root: Path) -> str:
-    try:
-        return os.path.relpath(filename, root) if filename.startswith(str(root)) else filename
-    except ValueError:  # another drive (Windows)
-        return filename
-
-
 def where(frame: Frame | None, root: Path) -> str:
-    if frame is None:
-        return "no stack sampled"
-    return f"{relative(frame.filename, root)}:{frame.lineno} in {frame.function}"
+    """A frame as the plugin prints it: as every surface words it, relative to ``root``."""
+    return frame_text(frame, str(root)) if frame is not None else NO_STACK
 
 
 def _library(filename: str) -> str | None:
@@ -135,7 +128,7 @@ def describe(event: StallEvent, limit: float, root: Path, phase: str) -> str:
     during = "" if phase == "call" else f" during {phase}"
     return (
         f"stallwatch: event loop stalled for {event.duration * 1e3:.1f} ms ({event.cause}) "
-        f"at {where(event.top_frame, root)}{culprit}{during}; limit {limit * 1e3:g} ms"
+        f"at {location(event, root=str(root))}{culprit}{during}; limit {limit * 1e3:g} ms"
     )
 
 

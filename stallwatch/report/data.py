@@ -12,11 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..events import Frame, StallEvent
-
-NO_STACK = "(no stack sampled)"
-"""Location of stalls in which no stack could be taken (``sampled=False``, e.g. ``gil``)."""
-LIBRARY_ONLY = "(library code only)"
-"""Location of stalls whose every sampled frame was in the standard library or site-packages."""
+from ..stall.location import location
 
 STACKS_PER_GROUP = 3
 """Distinct stacks kept per location: the most frequent ones, which is what one reads."""
@@ -24,9 +20,7 @@ STACKS_PER_GROUP = 3
 
 def location_of(event: StallEvent) -> str:
     """The code location a stall is filed under: ``file:line in function``, or a label."""
-    if event.top_frame is not None:
-        return str(event.top_frame)
-    return LIBRARY_ONLY if event.sampled else NO_STACK
+    return location(event)
 
 
 def _allowed(event: StallEvent) -> bool:

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterable
 
 from ..events import StallEvent
+from ..stall.location import location
 
 
 def as_json(events: Iterable[StallEvent]) -> str:
@@ -16,10 +17,7 @@ def as_text(events: Iterable[StallEvent], *, stacks: bool = False) -> str:
     """One line per stall, newest last; with ``stacks`` the most frequent stack under each."""
     lines = [f"{'duration':>10}  {'cause':<10}  {'culprit':<24}  where"]
     for event in events:
-        if event.top_frame:
-            where = str(event.top_frame)
-        else:
-            where = "(only library frames)" if event.sampled else "(no stack sampled)"
+        where = location(event)
         lines.append(
             f"{event.duration * 1e3:>8.1f}ms  {event.cause:<10}  {event.culprit:<24}  {where}"
         )

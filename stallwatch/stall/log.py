@@ -6,21 +6,9 @@ import logging
 from time import perf_counter
 
 from ..events import StallEvent
-from .sampling import innermost_frame
+from .location import location
 
 logger = logging.getLogger("stallwatch")
-
-
-def where(event: StallEvent) -> str:
-    """The line to name: the app's top frame, else the innermost frame sampled, else why not."""
-    if event.top_frame is not None:
-        return str(event.top_frame)
-    if event.stacks:
-        innermost = innermost_frame(event.stacks[0].frames)
-        if innermost is not None:
-            return f"{innermost} (no frame of the application's code)"
-        return "the loop's own code (no callback was running)"
-    return "no stack sampled"
 
 
 class StallLog:
@@ -52,7 +40,7 @@ class StallLog:
             event.cause,
             ", allowed" if event.allowed else "",
             event.culprit,
-            where(event),
+            location(event, detail=True),
             started,
             ", ".join(f"{route} x{n}" for route, n in event.victims.items()) or "none",
             f" ({suppressed} earlier stalls not logged)" if suppressed else "",
