@@ -421,7 +421,10 @@ def test_a_busy_loop_of_short_callbacks_reports_no_stall(loop: str) -> None:
 
     ran, stalls = run(loop, main())
     assert ran >= 500, "the loop must have been busy most of the time"
-    assert caused_on_the_loop(stalls) == []
+    # No stall is blamed on the callbacks. A loaded CI host once showed one 20 ms pause here
+    # with the loop thread on a CPU and the GIL held, no frame sampled: a real pause in that
+    # process (cause ``gil``, nothing named), not one the 1 ms callbacks made.
+    assert [e for e in caused_on_the_loop(stalls) if e.cause == "blocking" or e.sampled] == []
 
 
 # -- 4. the lag histogram --------------------------------------------------------------------------

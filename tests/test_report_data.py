@@ -12,9 +12,8 @@ import pytest
 
 from stallwatch.events import Frame, StackSample, StallEvent
 from stallwatch.loop.history import LAG_EDGES, PENDING, LoopHistory
+from stallwatch.stall.location import LIBRARY_ONLY, NO_STACK
 from stallwatch.report.data import (
-    LIBRARY_ONLY,
-    NO_STACK,
     causes_view,
     frozen_table,
     location_of,
