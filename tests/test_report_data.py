@@ -12,7 +12,6 @@ import pytest
 
 from stallwatch.events import Frame, StackSample, StallEvent
 from stallwatch.loop.history import LAG_EDGES, PENDING, LoopHistory
-from stallwatch.stall.location import LIBRARY_ONLY, NO_STACK
 from stallwatch.report.data import (
     causes_view,
     frozen_table,
@@ -21,6 +20,7 @@ from stallwatch.report.data import (
     stalls_view,
     summary,
 )
+from stallwatch.stall.location import LIBRARY_ONLY, NO_STACK
 
 APP = Frame("/srv/app/cache.py", 147, "read_blocking")
 OTHER = Frame("/srv/app/report.py", 12, "render")
