@@ -1,0 +1,125 @@
+"""``GET /livez``: whether the event loop is alive, answered off the loop.
+
+A probe the app serves itself cannot answer while its loop is held, and so cannot tell
+"busy, slow" from "wedged for good": both time out. The off-loop metrics server
+(``metrics_port``) answers from a thread of its own, from what the monitor knows there: when
+the loop last polled. The loop is alive while it has polled within ``liveness_timeout``,
+however late its callbacks run (a loop that turns but lags is busy, and restarting the pod
+would only drop the work it is doing); it is not alive when it has not polled for that long,
+and not when it is not running at all (stopped, closed, or not started yet).
+
+``verdict`` is the decision, a pure function of one reading; ``Liveness.respond`` the
+answer, a plain function of the request, in the shape of the report's (``report/http.py``),
+whose access rules decide who may also read the culprit route and line in progress.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+PATH = "/livez"
+
+Status = Literal["alive", "held", "stopped"]
+Response = tuple[int, list[tuple[str, str]], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class LoopReading:
+    """The loop as the off-loop server sees it at one moment."""
+
+    running: bool
+    """A monitor watches the loop and the loop is running."""
+    held_for: float
+    """Seconds since the loop last polled (0 while it polls)."""
+    lag: float
+    """How late a callback that became due now would run: the heartbeat's recent lag."""
+    culprit: str | None = None
+    """The route holding the loop right now, when a stall is in progress and known."""
+    line: str | None = None
+    """The application's line holding it (``file:line in function``), when sampled."""
+
+
+def verdict(reading: LoopReading, timeout: float) -> tuple[bool, Status]:
+    """(alive, status): alive while the loop has polled within ``timeout`` seconds."""
+    if not reading.running:
+        return False, "stopped"
+    if reading.held_for >= timeout:
+        return False, "held"
+    return True, "alive"
+
+
+def body(reading: LoopReading, timeout: float, *, detail: bool) -> dict[str, Any]:
+    """The JSON answer. Routes and lines are the report's kind of detail: only for clients
+    the report would answer (``detail``)."""
+    _, status = verdict(reading, timeout)
+    data: dict[str, Any] = {"status": status, "timeout": timeout}
+    if reading.running:
+        data["held_for"] = round(reading.held_for, 4)
+        data["lag"] = round(reading.lag, 4)
+    if detail and (reading.culprit is not None or reading.line is not None):
+        data["culprit"] = reading.culprit
+        data["line"] = reading.line
+    return data
+
+
+_HEADERS = [
+    ("Content-Type", "application/json"),
+    ("Cache-Control", "no-store"),
+    ("X-Content-Type-Options", "nosniff"),
+]
+
+
+class Liveness:
+    """Answers ``/livez`` for the off-loop server; ``read`` is called once per request, on
+    the server's thread, and must not need the loop."""
+
+    def __init__(
+        self,
+        read: Callable[[], LoopReading],
+        timeout: float,
+        may_see_detail: Callable[[Mapping[str, str], str | None], bool],
+    ) -> None:
+        self._read = read
+        self.timeout = timeout
+        self._may_see_detail = may_see_detail
+
+    def handles(self, path: str) -> bool:
+        return path == PATH
+
+    def respond(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        client_host: str | None,
+        query: str = "",
+    ) -> Response:
+        """The whole answer; ``headers`` keyed by lower-case name."""
+        if method not in ("GET", "HEAD"):
+            reply = b"Method Not Allowed\n"
+            return (
+                405,
+                [
+                    ("Content-Type", "text/plain; charset=utf-8"),
+                    ("Content-Length", str(len(reply))),
+                    ("Allow", "GET, HEAD"),
+                ],
+                reply,
+            )
+        try:
+            reading = self._read()
+        except Exception:
+            # A monitor between start and stop (or broken): nothing that says "alive".
+            reading = LoopReading(running=False, held_for=0.0, lag=0.0)
+        try:
+            detail = self._may_see_detail(headers, client_host)
+        except Exception:
+            detail = False
+        alive, _ = verdict(reading, self.timeout)
+        payload = json.dumps(body(reading, self.timeout, detail=detail), separators=(",", ":"))
+        data = (payload + "\n").encode()
+        response_headers = [*_HEADERS, ("Content-Length", str(len(data)))]
+        return (200 if alive else 503), response_headers, b"" if method == "HEAD" else data

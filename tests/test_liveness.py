@@ -1,0 +1,96 @@
+"""``/livez``: alive while the loop polls within ``liveness_timeout``, however late it runs;
+not alive when it has not polled for that long, or is not running. Detail (the culprit route
+and line) only for the clients the report would answer.
+
+The decision and the answer first, from readings alone; then a real server.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+import pytest
+
+from stallwatch.liveness import PATH, Liveness, LoopReading, body, verdict
+
+HELD = LoopReading(
+    running=True, held_for=3.0, lag=3.0, culprit="/block/{ms}", line="app.py:14 in block"
+)
+
+
+@pytest.mark.parametrize(
+    ("situation", "reading", "alive", "status"),
+    [
+        ("polling", LoopReading(True, 0.0, 0.001), True, "alive"),
+        ("a loop that turns but lags", LoopReading(True, 0.05, 0.05), True, "alive"),
+        ("held, under the timeout", LoopReading(True, 0.999, 0.999), True, "alive"),
+        ("held for the timeout", LoopReading(True, 1.0, 1.0), False, "held"),
+        ("held past it", HELD, False, "held"),
+        ("stopped, closed or not started", LoopReading(False, 0.0, 0.0), False, "stopped"),
+    ],
+)
+def test_verdict(situation: str, reading: LoopReading, alive: bool, status: str) -> None:
+    assert verdict(reading, timeout=1.0) == (alive, status), situation
+
+
+def test_the_body_says_how_long_and_names_the_culprit_only_with_detail() -> None:
+    assert body(HELD, 1.0, detail=False) == {
+        "status": "held",
+        "timeout": 1.0,
+        "held_for": 3.0,
+        "lag": 3.0,
+    }
+    assert body(HELD, 1.0, detail=True) == {
+        "status": "held",
+        "timeout": 1.0,
+        "held_for": 3.0,
+        "lag": 3.0,
+        "culprit": "/block/{ms}",
+        "line": "app.py:14 in block",
+    }
+    assert body(LoopReading(False, 0.0, 0.0), 1.0, detail=True) == {
+        "status": "stopped",
+        "timeout": 1.0,
+    }
+
+
+def loopback_only(headers: Mapping[str, str], client: str | None) -> bool:
+    return client == "127.0.0.1"
+
+
+def test_respond() -> None:
+    readings = [LoopReading(True, 0.0, 0.002), HELD]
+    livez = Liveness(lambda: readings.pop(0), 1.0, loopback_only)
+    assert livez.handles(PATH)
+    assert not livez.handles("/livez/")
+    status, headers, data = livez.respond("GET", PATH, {}, "10.0.0.7")
+    assert status == 200
+    assert ("Cache-Control", "no-store") in headers
+    assert json.loads(data) == {"status": "alive", "timeout": 1.0, "held_for": 0.0, "lag": 0.002}
+    status, headers, data = livez.respond("GET", PATH, {}, "127.0.0.1")
+    assert status == 503
+    assert json.loads(data)["line"] == "app.py:14 in block"
+    assert dict(headers)["Content-Length"] == str(len(data))
+
+
+def test_head_and_other_methods() -> None:
+    livez = Liveness(lambda: HELD, 1.0, loopback_only)
+    status, headers, data = livez.respond("HEAD", PATH, {}, None)
+    assert (status, data) == (503, b"")
+    assert int(dict(headers)["Content-Length"]) > 0
+    status, headers, _ = livez.respond("POST", PATH, {}, None)
+    assert status == 405
+    assert ("Allow", "GET, HEAD") in headers
+
+
+def test_a_reading_that_fails_is_not_alive() -> None:
+    def broken() -> LoopReading:
+        raise RuntimeError("the monitor is not started")
+
+    def refuses(headers: Mapping[str, str], client: str | None) -> bool:
+        raise ValueError("bad header")
+
+    status, _, data = Liveness(broken, 1.0, refuses).respond("GET", PATH, {}, None)
+    assert status == 503
+    assert json.loads(data) == {"status": "stopped", "timeout": 1.0}
