@@ -8,11 +8,16 @@ The decision and the answer first, from readings alone; then a real server.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Mapping
+from typing import Any
 
+import httpx
 import pytest
 
 from stallwatch.liveness import PATH, Liveness, LoopReading, body, verdict
+from tests.servers import free_port, uvicorn
 
 HELD = LoopReading(
     running=True, held_for=3.0, lag=3.0, culprit="/block/{ms}", line="app.py:14 in block"
@@ -94,3 +99,61 @@ def test_a_reading_that_fails_is_not_alive() -> None:
     status, _, data = Liveness(broken, 1.0, refuses).respond("GET", PATH, {}, None)
     assert status == 503
     assert json.loads(data) == {"status": "stopped", "timeout": 1.0}
+
+
+# -- real uvicorn ---------------------------------------------------------------------------
+
+APP = "tests.apps.pools_app:app"
+
+
+def livez(port: int) -> tuple[float, int, dict[str, Any]]:
+    response = httpx.get(f"http://127.0.0.1:{port}{PATH}", timeout=2.0)
+    return time.monotonic(), response.status_code, response.json()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_held_loop_fails_the_probe_and_recovers(loop: str) -> None:
+    """A 3 s block with ``liveness_timeout=1``: 503 within 1.5 s of the block's start, with
+    the culprit for a loopback client; 200 again within 0.5 s of its end."""
+    port = free_port()
+    env = {"SW_METRICS_PORT": str(port), "SW_LIVENESS_TIMEOUT": "1.0"}
+    with uvicorn(APP, args=("--loop", loop), env=env, ready_path="/state") as base:
+        assert livez(port)[1] == 200
+        answer: dict[str, Any] = {}
+        blocker = threading.Thread(
+            target=lambda: answer.update(httpx.get(f"{base}/block?seconds=3", timeout=10).json())
+        )
+        blocker.start()
+        seen: list[tuple[float, int, dict[str, Any]]] = []
+        deadline = time.monotonic() + 8.0
+        while time.monotonic() < deadline:
+            seen.append(livez(port))
+            if answer and time.monotonic() > answer["ended"] + 0.6:
+                break
+            time.sleep(0.02)
+        blocker.join()
+    began, ended = answer["began"], answer["ended"]
+    first_down = next((at, body) for at, status, body in seen if status == 503)
+    assert began + 1.0 <= first_down[0] <= began + 1.5
+    assert first_down[1]["status"] == "held"
+    assert first_down[1]["held_for"] >= 1.0
+    assert first_down[1]["culprit"] == "/block"
+    assert "pools_app.py" in first_down[1]["line"]
+    back_up = next(at for at, status, _ in seen if status == 200 and at > ended)
+    assert back_up <= ended + 0.5
+    assert all(status == 503 for at, status, _ in seen if began + 1.1 < at < ended)
+
+
+def test_a_loop_that_turns_but_lags_is_alive() -> None:
+    """~90 % busy (45 ms held of every 50): late, never wedged; 200 throughout, with its lag."""
+    port = free_port()
+    env = {"SW_METRICS_PORT": str(port), "SW_LIVENESS_TIMEOUT": "1.0"}
+    with uvicorn(APP, env=env, ready_path="/state") as base:
+        httpx.get(f"{base}/busy", timeout=5)
+        seen = []
+        for _ in range(60):
+            seen.append(livez(port))
+            time.sleep(0.05)
+    assert [status for _, status, _ in seen] == [200] * len(seen)
+    lags = [body["lag"] for _, _, body in seen]
+    assert 0.02 <= max(lags) < 0.5, lags

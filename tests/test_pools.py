@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import httpx
 import pytest
 import uvloop
 from prometheus_client import CollectorRegistry, Gauge, Histogram
@@ -34,6 +36,8 @@ from stallwatch.pools.readings import (
     tokens,
 )
 from stallwatch.pools.state import DONE, DROPPED, QUEUED, RUNNING, Pool
+from tests.middleware_support import Metrics, RawConnection
+from tests.servers import free_port, uvicorn
 
 
 def pool_metrics(registry: CollectorRegistry) -> PoolMetrics:
@@ -382,3 +386,98 @@ def test_busy_seconds_tell_how_many_threads_ran(registry: CollectorRegistry) -> 
     threads = watched(asyncio.new_event_loop, registry, main)
     assert threads is not None
     assert 3.0 <= threads <= 4.0
+
+
+# -- real uvicorn: the issue's figures ----------------------------------------------------------
+
+APP = "tests.apps.pools_app:app"
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_queue_wait_by_route_is_the_wait_the_app_measured(loop: str) -> None:
+    """A pool of one thread, two routes submitting 20 ms jobs at once: each route's mean wait
+    within max(2 ms, 5 %) of what the app measured around its own submissions."""
+    env = {"SW_POOL_SIZE": "1", "SW_JOB": "0.02"}
+    with uvicorn(APP, args=("--loop", loop), env=env, ready_path="/state") as base:
+        connections = [RawConnection(base) for _ in range(20)]
+        try:
+            for i, connection in enumerate(connections):
+                connection.send_get(f"/{'ab'[i % 2]}/{i}")
+            assert [c.read_response()[0] for c in connections] == [200] * 20
+        finally:
+            for connection in connections:
+                connection.close()
+        state = httpx.get(base + "/state").json()
+        metrics = Metrics(httpx.get(base + "/metrics").text)
+    for route in ("/a/{n}", "/b/{n}"):
+        measured = state["waits"][route]
+        labels = {"pool": DEFAULT, "route": route}
+        count = metrics.value("stallwatch_executor_queue_wait_seconds_count", **labels)
+        total = metrics.value("stallwatch_executor_queue_wait_seconds_sum", **labels)
+        assert count == len(measured) == 10
+        assert total is not None
+        expected = sum(measured) / len(measured)
+        assert expected > 0.05  # they did queue: 20 jobs of 20 ms through one thread
+        assert abs(total / count - expected) <= max(0.002, 0.05 * expected), (route, total)
+    # The app's executor ran every job, in its one thread.
+    assert state["threads"] == ["app-pool_0"]
+    assert metrics.value("stallwatch_executor_threads", pool=DEFAULT, state="idle") == 1
+    assert metrics.value("stallwatch_executor_waiting", pool=DEFAULT) == 0
+
+
+def test_anyio_limiter_of_two_the_waiting_gauge_and_the_wait_histogram_agree() -> None:
+    """Eight 200 ms sync endpoints at once through two tokens: the gauge, scraped off the
+    loop while they run, shows six waiting behind two busy threads, and its integral over
+    time is the histogram's sum of waits (Little's law, counted two ways)."""
+    port = free_port()
+    env = {"SW_TOKENS": "2", "SW_SYNC": "0.2", "SW_METRICS_PORT": str(port)}
+    samples: list[tuple[float, float, float, float]] = []
+    stop = threading.Event()
+
+    def scrape() -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0) as client:
+            while not stop.is_set():
+                text = client.get("/metrics").text
+                now = time.monotonic()
+                seen = Metrics(text)
+                samples.append(
+                    (
+                        now,
+                        seen.value("stallwatch_executor_waiting", pool=ANYIO) or 0.0,
+                        seen.value("stallwatch_executor_threads", pool=ANYIO, state="busy") or 0.0,
+                        seen.value("stallwatch_executor_threads", pool=ANYIO, state="idle") or 0.0,
+                    )
+                )
+                time.sleep(0.005)
+
+    with uvicorn(APP, env=env, ready_path="/state") as base:
+        connections = [RawConnection(base) for _ in range(8)]
+        sampler = threading.Thread(target=scrape)
+        sampler.start()
+        try:
+            time.sleep(0.05)
+            for i, connection in enumerate(connections):
+                connection.send_get(f"/sync/{i}")
+            assert [c.read_response()[0] for c in connections] == [200] * 8
+            time.sleep(0.05)
+        finally:
+            stop.set()
+            sampler.join()
+            for connection in connections:
+                connection.close()
+        metrics = Metrics(httpx.get(base + "/metrics").text)
+    labels = {"pool": ANYIO, "route": "/sync/{n}"}
+    count = metrics.value("stallwatch_executor_queue_wait_seconds_count", **labels)
+    total = metrics.value("stallwatch_executor_queue_wait_seconds_sum", **labels)
+    assert count == 8
+    assert total is not None
+    # Waits of 0, 0, 0.2, 0.2, 0.4, 0.4, 0.6, 0.6 s, give or take the machine.
+    assert 2.3 <= total <= 3.2, total
+    assert max(waiting for _, waiting, _, _ in samples) == 6
+    saturated = [(busy, idle) for _, waiting, busy, idle in samples if waiting > 0]
+    assert sum(1 for busy, idle in saturated if (busy, idle) == (2, 0)) >= 0.9 * len(saturated)
+    integral = sum(
+        (later[0] - earlier[0]) * earlier[1] for earlier, later in itertools.pairwise(samples)
+    )
+    assert abs(integral - total) <= 0.1 * total + 0.05, (integral, total)
+    assert samples[-1][1:] == (0.0, 0.0, 2.0)

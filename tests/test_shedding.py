@@ -7,8 +7,11 @@ The decision and the answer first; then real uvicorn in open-loop overload.
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
@@ -21,6 +24,8 @@ from stallwatch.shedding import (
     retry_after,
     should_shed,
 )
+from tests.middleware_support import Metrics
+from tests.servers import uvicorn
 
 
 @pytest.mark.parametrize(
@@ -72,3 +77,79 @@ def test_the_shedder_counts_each_refusal_by_route() -> None:
     value = registry.get_sample_value
     assert value("stallwatch_requests_shed_total", {"route": "/a"}) == 2
     assert value("stallwatch_requests_shed_total", {"route": "/b"}) == 1
+
+
+# -- real uvicorn, open-loop overload ------------------------------------------------------------
+
+APP = "tests.apps.pools_app:app"
+WORK = 0.01
+"""Seconds ``/work`` holds the loop: a capacity of at most 100 requests a second."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    latency: float
+    """From the request's due time to its answer: waiting to be sent counts."""
+    retry_after: bool
+
+
+async def offer(base: str, path: str, rate: float, duration: float) -> list[Answer]:
+    """Requests due every ``1 / rate`` seconds whatever the server does, each on a connection
+    of its own (an open-loop client: a slow server is not sent less)."""
+    host, port = base.removeprefix("http://").split(":")
+    answers: list[Answer] = []
+    start = time.monotonic() + 0.2
+
+    async def one(due: float) -> None:
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(f"GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
+        data = await asyncio.wait_for(reader.read(), 60)
+        writer.close()
+        head = data.split(b"\r\n\r\n", 1)[0].lower()
+        status = int(head.split(b" ", 2)[1])
+        answers.append(Answer(status, time.monotonic() - due, b"\r\nretry-after: " in head))
+
+    await asyncio.gather(*(one(start + i / rate) for i in range(round(rate * duration))))
+    return answers
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+def test_overload_sheds_new_requests_and_keeps_the_admitted_fast() -> None:
+    """150 % of capacity with ``shed_lag=0.05``: admitted requests keep a p99 under 0.2 s,
+    only requests the app never saw are refused, each with Retry-After, each counted."""
+    env = {"SW_WORK": str(WORK), "SW_SHED_LAG": "0.05"}
+    with uvicorn(APP, env=env, ready_path="/state") as base:
+        answers = asyncio.run(offer(base, "/work", rate=1.5 / WORK, duration=4.0))
+        metrics = Metrics(httpx.get(f"{base}/metrics", timeout=10).text)
+        state = httpx.get(f"{base}/state", timeout=10).json()
+    admitted = [a for a in answers if a.status == 200]
+    refused = [a for a in answers if a.status == 503]
+    assert len(admitted) + len(refused) == len(answers) == 600
+    assert refused, "at 150 % of capacity some requests must be refused"
+    assert all(a.retry_after for a in refused)
+    assert not any(a.retry_after for a in admitted)
+    assert p99([a.latency for a in admitted]) < 0.2
+    # Every request the app started was answered by it: none admitted was refused.
+    assert state["work_started"] == len(admitted)
+    assert metrics.value("stallwatch_requests_shed_total", route="/work") == len(refused)
+    # It served close to its capacity meanwhile: shedding refused what it could not serve.
+    assert len(admitted) >= 0.5 * 4.0 / WORK
+
+
+def test_with_shedding_off_nothing_is_refused() -> None:
+    env = {"SW_WORK": str(WORK)}
+    with uvicorn(APP, env=env, ready_path="/state") as base:
+        answers = asyncio.run(offer(base, "/work", rate=1.5 / WORK, duration=2.0))
+        metrics = Metrics(httpx.get(f"{base}/metrics", timeout=10).text)
+        state = httpx.get(f"{base}/state", timeout=10).json()
+    assert [a.status for a in answers] == [200] * 300
+    assert state["work_started"] == 300
+    assert metrics.labelsets("stallwatch_requests_shed_total") == []
+    # What shedding spares the admitted: unrefused, the queue grows for as long as it lasts.
+    assert p99([a.latency for a in answers]) > 0.3
