@@ -1,0 +1,420 @@
+"""What to do about a line that holds the loop, where the sampled stack shows what the call is.
+
+``hint_for(frames, top)`` looks at what the application's innermost line (``top``) called:
+
+1. the first library frame inside it, when the call went into Python code of a library the
+   table knows (``sqlite3``, ``requests``, ``subprocess``, ``pathlib``, ``passlib``, ``json``...);
+2. else, when the line itself was running (a C call: ``time.sleep``, a SQLite query,
+   ``open``), the calls written on that line, their names resolved through the module's
+   imports (``from time import sleep as nap`` makes ``nap(...)`` ``time.sleep``).
+
+No hint when neither says for sure what the call is: a wrong hint costs more than none. The
+one inference: a DB-API call (``.execute(``, ``.fetchone(``...) on a line whose module
+imports ``sqlite3`` and no other database driver is taken for a SQLite query.
+
+Pure functions of the frames and the source text; the source is read through ``linecache``
+and each module's imports are parsed once (``IMPORTS_CACHE`` modules at most).
+"""
+
+from __future__ import annotations
+
+import ast
+import linecache
+import os
+import re
+import sysconfig
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from ..events import Frame
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    """A fix for a kind of blocking call, as shown beside the line."""
+
+    kind: str
+    """``sqlite3``, ``file-io``, ``http``, ``network``, ``sleep``, ``subprocess``,
+    ``hashing`` or ``cpu``: stable names for tools."""
+    call: str
+    """What the call was recognised as."""
+    advice: str
+
+    def __str__(self) -> str:
+        return f"{self.call}: {self.advice}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "call": self.call, "advice": self.advice, "text": str(self)}
+
+
+_POOL = "`loop.run_in_executor(ProcessPoolExecutor(), ...)`"
+
+SQLITE = Hint(
+    "sqlite3",
+    "sqlite3 query",
+    "`await asyncio.to_thread(...)` or `loop.run_in_executor(...)` it, or use aiosqlite",
+)
+FILE_IO = Hint("file-io", "file I/O", "`await asyncio.to_thread(...)` it, or use `anyio.Path`")
+HTTP = Hint("http", "blocking HTTP client", "use `httpx.AsyncClient`")
+NETWORK = Hint(
+    "network",
+    "blocking socket call",
+    "use asyncio streams (`await asyncio.open_connection(...)`) or `await loop.getaddrinfo(...)`",
+)
+SLEEP = Hint("sleep", "time.sleep", "`await asyncio.sleep(...)`")
+SUBPROCESS = Hint("subprocess", "subprocess", "`await asyncio.create_subprocess_exec(...)`")
+HASHING = Hint(
+    "hashing",
+    "password hashing (releases the GIL)",
+    "`await asyncio.to_thread(...)`: a thread runs it beside the loop",
+)
+HASHING_MAYBE = Hint(
+    "hashing",
+    "password hashing",
+    "a thread helps only where the hash releases the GIL (bcrypt, argon2, hashlib's "
+    f"pbkdf2_hmac and scrypt do); otherwise a process pool, {_POOL}",
+)
+CPU = Hint(
+    "cpu",
+    "CPU work that keeps the GIL",
+    f"a thread will not help (it waits for the same GIL); a process pool will, {_POOL}",
+)
+
+# -- 1. the library the line called into ---------------------------------------------------------
+
+_PATHLIB_IO = frozenset(
+    [
+        "read_text",
+        "read_bytes",
+        "write_text",
+        "write_bytes",
+        "open",
+        "stat",
+        "lstat",
+        "exists",
+        "is_file",
+        "is_dir",
+        "is_symlink",
+        "is_mount",
+        "iterdir",
+        "glob",
+        "rglob",
+        "walk",
+        "mkdir",
+        "rmdir",
+        "unlink",
+        "rename",
+        "replace",
+        "touch",
+        "resolve",
+        "samefile",
+        "chmod",
+        "lchmod",
+        "owner",
+        "group",
+        "readlink",
+        "symlink_to",
+        "hardlink_to",
+    ]
+)
+_OS_PATH_IO = frozenset(
+    [
+        "exists",
+        "lexists",
+        "isfile",
+        "isdir",
+        "islink",
+        "ismount",
+        "getsize",
+        "getmtime",
+        "getatime",
+        "getctime",
+        "samefile",
+        "sameopenfile",
+        "realpath",
+    ]
+)
+_OS_IO = frozenset(["walk", "fwalk", "makedirs", "removedirs", "renames"])
+
+_MODULES: tuple[tuple[str, Hint | Callable[[str], Hint | None]], ...] = (
+    # (module path prefix, the hint or a function of the called function's name)
+    ("sqlite3/", SQLITE),
+    ("requests/", HTTP),
+    ("urllib3/", HTTP),
+    ("urllib/request.py", HTTP),
+    ("http/client.py", HTTP),
+    ("httplib2/", HTTP),
+    ("socket.py", NETWORK),
+    ("smtplib.py", NETWORK),
+    ("ftplib.py", NETWORK),
+    ("subprocess.py", SUBPROCESS),
+    ("os.py", lambda f: SUBPROCESS if f == "popen" else FILE_IO if f in _OS_IO else None),
+    ("pathlib.py", lambda f: FILE_IO if f in _PATHLIB_IO else None),
+    ("posixpath.py", lambda f: FILE_IO if f in _OS_PATH_IO else None),
+    ("ntpath.py", lambda f: FILE_IO if f in _OS_PATH_IO else None),
+    ("genericpath.py", lambda f: FILE_IO if f in _OS_PATH_IO else None),
+    ("shutil.py", FILE_IO),
+    ("glob.py", FILE_IO),
+    ("tempfile.py", FILE_IO),
+    ("fileinput.py", FILE_IO),
+    ("bcrypt/", HASHING),
+    ("argon2/", HASHING),
+    ("passlib/", HASHING_MAYBE),
+    ("json/", CPU),
+    ("re/", CPU),
+    ("re.py", CPU),
+    ("sre_compile.py", CPU),
+    ("sre_parse.py", CPU),
+    ("copy.py", lambda f: CPU if f in ("deepcopy", "_deepcopy_dict", "_deepcopy_list") else None),
+    ("difflib.py", CPU),
+    ("xml/etree/", CPU),
+)
+
+_SITE_MARKERS = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
+_STDLIB = tuple(
+    sorted(
+        {
+            os.path.join(os.path.realpath(sysconfig.get_paths()[key]), "")
+            for key in ("stdlib", "platstdlib")
+            if key in sysconfig.get_paths()
+        },
+        key=len,
+        reverse=True,
+    )
+)
+
+
+def library_module(filename: str, stdlib: Sequence[str] = _STDLIB) -> str | None:
+    """A library file's path inside its library folder, ``/``-separated (``requests/api.py``,
+    ``urllib/request.py``, ``subprocess.py``), or None for anything else."""
+    for marker in _SITE_MARKERS:
+        _, found, rest = filename.partition(marker)
+        if found:
+            return rest.replace(os.sep, "/")
+    for root in stdlib:
+        if filename.startswith(root):
+            return filename[len(root) :].replace(os.sep, "/")
+    return None
+
+
+def _httpx(inner: Sequence[Frame]) -> Hint | None:
+    # httpx has both clients in the same files: only the synchronous one blocks.
+    for frame in inner:
+        module = library_module(frame.filename) or ""
+        if module == "httpx/_api.py" or module.startswith("httpcore/_sync/"):
+            return HTTP
+    return None
+
+
+def _from_library(first: Frame, inner: Sequence[Frame]) -> Hint | None:
+    module = library_module(first.filename)
+    if module is None:
+        return None
+    if module.startswith("httpx/"):
+        return _httpx(inner)
+    for prefix, hint in _MODULES:
+        if module == prefix or (prefix.endswith("/") and module.startswith(prefix)):
+            return hint if isinstance(hint, Hint) else hint(first.function)
+    return None
+
+
+# -- 2. the calls written on the line ------------------------------------------------------------
+
+_CALLS: Mapping[str, Hint] = {
+    "time.sleep": SLEEP,
+    "sqlite3.connect": SQLITE,
+    "os.system": SUBPROCESS,
+    "os.popen": SUBPROCESS,
+    "os.wait": SUBPROCESS,
+    "os.waitpid": SUBPROCESS,
+    "subprocess.run": SUBPROCESS,
+    "subprocess.call": SUBPROCESS,
+    "subprocess.check_call": SUBPROCESS,
+    "subprocess.check_output": SUBPROCESS,
+    "builtins.open": FILE_IO,
+    "io.open": FILE_IO,
+    "hashlib.pbkdf2_hmac": HASHING,
+    "hashlib.scrypt": HASHING,
+    "bcrypt.hashpw": HASHING,
+    "bcrypt.checkpw": HASHING,
+    "bcrypt.kdf": HASHING,
+    "pickle.dumps": CPU,
+    "pickle.loads": CPU,
+    "json.dumps": CPU,
+    "json.loads": CPU,
+    **{
+        f"os.{name}": FILE_IO
+        for name in [
+            "read",
+            "write",
+            "pread",
+            "pwrite",
+            "open",
+            "stat",
+            "lstat",
+            "fstat",
+            "listdir",
+            "scandir",
+            "fsync",
+            "fdatasync",
+            "remove",
+            "unlink",
+            "rename",
+            "replace",
+            "mkdir",
+            "rmdir",
+            "sendfile",
+            "truncate",
+            "ftruncate",
+        ]
+    },
+}
+
+DB_CALLS = frozenset(
+    [
+        "execute",
+        "executemany",
+        "executescript",
+        "fetchone",
+        "fetchall",
+        "fetchmany",
+        "commit",
+        "rollback",
+        "backup",
+    ]
+)
+"""DB-API calls: a SQLite query when the module's only database driver is ``sqlite3``."""
+
+OTHER_DRIVERS = frozenset(
+    [
+        "psycopg",
+        "psycopg2",
+        "pymysql",
+        "MySQLdb",
+        "mysql",
+        "cx_Oracle",
+        "oracledb",
+        "pyodbc",
+        "duckdb",
+        "sqlalchemy",
+        "aiosqlite",
+        "asyncpg",
+        "aiomysql",
+        "aiopg",
+        "databases",
+        "peewee",
+        "pony",
+        "tortoise",
+        "sqlmodel",
+        "apsw",
+        "pysqlite3",
+        "sqlcipher3",
+        "pymssql",
+        "ibm_db",
+        "snowflake",
+        "clickhouse_driver",
+        "cassandra",
+    ]
+)
+
+_STRING = re.compile(r"""(['"])(?:\\.|(?!\1).)*\1""")
+_CALL = re.compile(r"(?<![\w.])([A-Za-z_]\w*(?:\s*\.\s*[A-Za-z_]\w*)*)\s*\(")
+_METHOD = re.compile(r"\.\s*([A-Za-z_]\w*)\s*\(")
+
+
+@dataclass(frozen=True, slots=True)
+class Imports:
+    """A module's imports: local name -> what it stands for (``nap`` -> ``time.sleep``)."""
+
+    names: Mapping[str, str]
+    modules: frozenset[str]
+    """Top-level packages imported anywhere in the module."""
+
+
+NO_IMPORTS = Imports({}, frozenset())
+
+
+def parse_imports(source: str) -> Imports:
+    """The imports of a module's source, wherever they stand in it (functions included)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return NO_IMPORTS
+    names: dict[str, str] = {}
+    modules: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                modules.add(alias.name.split(".")[0])
+                if alias.asname:
+                    names[alias.asname] = alias.name
+                else:
+                    top = alias.name.split(".")[0]
+                    names[top] = top
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            modules.add(node.module.split(".")[0])
+            for alias in node.names:
+                if alias.name != "*":
+                    names[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    return Imports(names, frozenset(modules))
+
+
+IMPORTS_CACHE = 512
+"""Modules whose imports are remembered (parsed once each)."""
+
+
+@lru_cache(maxsize=IMPORTS_CACHE)
+def module_imports(filename: str) -> Imports:
+    """The imports of the module in ``filename``, read through ``linecache``."""
+    return parse_imports("".join(linecache.getlines(filename)))
+
+
+def _qualified(dotted: str, imports: Imports) -> str:
+    parts = [p.strip() for p in dotted.split(".")]
+    head = imports.names.get(parts[0])
+    if head is None:
+        return "builtins." + dotted if len(parts) == 1 else ".".join(parts)
+    return ".".join([head, *parts[1:]])
+
+
+def _from_line(line: str, imports: Imports) -> Hint | None:
+    code = _STRING.sub("''", line).split("#", 1)[0]  # strings first: a '#' in one is no comment
+    for match in _CALL.finditer(code):
+        hint = _CALLS.get(_qualified(match.group(1), imports))
+        if hint is not None:
+            return hint
+    if (
+        "sqlite3" in imports.modules
+        and not imports.modules & OTHER_DRIVERS
+        and not re.search(r"\bawait\b", code)
+        and any(m.group(1) in DB_CALLS for m in _METHOD.finditer(code))
+    ):
+        return SQLITE
+    return None
+
+
+# -- the table's one entry point ---------------------------------------------------------------
+
+
+def hint_for(
+    frames: Sequence[Frame],
+    top: Frame | None,
+    *,
+    line: Callable[[str, int], str] = linecache.getline,
+    imports: Callable[[str], Imports] = module_imports,
+) -> Hint | None:
+    """The hint for a sampled stack (outermost frame first) whose innermost frame of the
+    application's code is ``top``; None when stallwatch is not sure what the call is."""
+    if top is None:
+        return None
+    index = next((i for i in range(len(frames) - 1, -1, -1) if frames[i] == top), None)
+    if index is None:
+        return None
+    inner = frames[index + 1 :]
+    if inner:
+        return _from_library(inner[0], inner)
+    text = line(top.filename, top.lineno)
+    if not text.strip():
+        return None
+    return _from_line(text, imports(top.filename))

@@ -1,0 +1,513 @@
+"""The loop profile (``stallwatch.profile``): where the loop's time goes, by route and line.
+
+Unit tests on plain values and an injected clock: the bounded aggregation, the folded
+stacks, the hint table line by line, the views, the sampler's schedule and charging. The
+end-to-end test at the bottom runs a real app with known short blocks and holds the
+profile's shares to the time the blocks really took.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sysconfig
+import tracemalloc
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from stallwatch.events import BACKGROUND, Frame
+from stallwatch.profile import (
+    LIBRARY_ONLY,
+    LOOP_OWN,
+    NO_STACK,
+    OTHER_LINES,
+    LoopProfile,
+    ProfileSampler,
+    aggregate,
+    folded,
+    hint_for,
+    hints,
+    locate,
+    parse_folded,
+    profile_text,
+    profile_view,
+)
+from stallwatch.profile.hints import Imports, parse_imports
+from stallwatch.profile.stacks import OTHER_ROUTES, PROFILE_DEPTH, ShortPaths, folded_frame
+from stallwatch.profile.view import held_longest, held_longest_text
+from stallwatch.stall.sampling import OMITTED
+
+STDLIB = sysconfig.get_paths()["stdlib"]
+SITE = "/srv/venv/lib/python3.11/site-packages"
+
+APP = Frame("/srv/app/cache.py", 154, "read_blocking")
+HANDLER = Frame("/srv/app/app.py", 40, "handler")
+OTHER = Frame("/srv/app/render.py", 12, "render")
+RUNNER = Frame(os.path.join(STDLIB, "asyncio", "runners.py"), 118, "run")
+RUN_ONCE = Frame(os.path.join(STDLIB, "asyncio", "base_events.py"), 1922, "_run_once")
+HANDLE = Frame(os.path.join(STDLIB, "asyncio", "events.py"), 80, "_run")
+SERVER = Frame(f"{SITE}/uvicorn/protocols/http/h11_impl.py", 404, "run_asgi")
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def is_app(frame: Frame) -> bool:
+    return frame.filename.startswith("/srv/app/")
+
+
+def top_frame(frames: Sequence[Frame]) -> Frame | None:
+    return next((f for f in reversed(frames) if is_app(f)), None)
+
+
+def stack(*inner: Frame) -> tuple[Frame, ...]:
+    """A stack as the watchdog reads it: the loop's runner, a handle, then ``inner``."""
+    return (RUNNER, RUN_ONCE, HANDLE, SERVER, *inner)
+
+
+def profile(clock: Clock, **kwargs: object) -> LoopProfile:
+    return LoopProfile(period=0.01, clock=clock, wall=lambda: 1.7e9, **kwargs)  # type: ignore[arg-type]
+
+
+# -- where a sample is filed -------------------------------------------------------------------
+
+
+def test_a_sample_is_filed_under_its_innermost_app_frame_with_the_callbacks_frames() -> None:
+    location, kept = locate(stack(HANDLER, APP), top_frame)
+    assert location == APP
+    assert kept == (SERVER, HANDLER, APP)  # the loop's runner and dispatch are left out
+
+
+def test_a_sample_without_app_code_is_library_only_and_between_callbacks_the_loops_own() -> None:
+    assert locate(stack(), top_frame)[0] == LIBRARY_ONLY
+    location, kept = locate((RUNNER, RUN_ONCE), top_frame)
+    assert location == LOOP_OWN
+    assert kept == (RUN_ONCE,)
+
+
+def test_a_deep_stack_keeps_its_innermost_frames_and_says_how_many_were_cut() -> None:
+    deep = tuple(Frame("/srv/app/rec.py", i, "rec") for i in range(PROFILE_DEPTH + 10))
+    location, kept = locate(stack(*deep), top_frame)
+    assert location == deep[-1]
+    assert len(kept) == PROFILE_DEPTH
+    assert kept[0].filename == OMITTED
+    assert kept[0].lineno == len(deep) + 1 - (PROFILE_DEPTH - 1)  # SERVER is cut too
+    assert kept[1:] == deep[-(PROFILE_DEPTH - 1) :]
+
+
+# -- the aggregation ------------------------------------------------------------------------------
+
+
+def test_counts_per_route_and_line_most_sampled_first_with_their_stacks() -> None:
+    clock = Clock()
+    p = profile(clock)
+    for _ in range(8):
+        p.add("/cache/{key}", APP, (SERVER, HANDLER, APP))
+    p.add("/cache/{key}", APP, (SERVER, APP))
+    p.add("/cache/{key}", OTHER, (SERVER, OTHER))
+    p.add(BACKGROUND, LIBRARY_ONLY, (SERVER,))
+    clock.now += 5
+    snap = p.snapshot()
+    assert snap.samples == 11
+    assert [r.route for r in snap.routes] == ["/cache/{key}", BACKGROUND]
+    cache = snap.routes[0]
+    assert cache.samples == 10
+    assert [(line.location, line.samples) for line in cache.lines] == [(APP, 9), (OTHER, 1)]
+    assert [s.count for s in cache.lines[0].stacks] == [8, 1]
+    assert cache.lines[0].unstacked == 0
+    assert snap.covered == pytest.approx(5.0)
+
+
+def test_the_window_takes_the_last_buckets_and_old_ones_are_forgotten() -> None:
+    clock = Clock(1000.0)
+    p = profile(clock, span=60.0, bucket=10.0)
+    p.add("/old", APP, None)
+    clock.now += 30
+    p.add("/new", APP, None)
+    assert [r.route for r in p.snapshot(10).routes] == ["/new"]
+    assert {r.route for r in p.snapshot(60).routes} == {"/old", "/new"}
+    clock.now += 61
+    p.add("/newer", APP, None)
+    assert [r.route for r in p.snapshot().routes] == ["/newer"]
+    with pytest.raises(ValueError, match="window"):
+        p.snapshot(0)
+
+
+def test_a_route_shows_its_top_lines_and_one_other_row() -> None:
+    clock = Clock()
+    p = profile(clock, lines=3)
+    for i in range(10):
+        for _ in range(10 - i):
+            p.add("/r", Frame("/srv/app/x.py", i, "f"), None)
+    route = p.snapshot().routes[0]
+    assert [line.samples for line in route.lines] == [10, 9, 8, 7 + 6 + 5 + 4 + 3 + 2 + 1]
+    assert route.lines[-1].location == OTHER_LINES
+    assert route.samples == sum(range(1, 11))
+
+
+def test_bounds_hold_under_many_routes_lines_and_stacks() -> None:
+    clock = Clock()
+    p = profile(clock, lines=5, span=300.0, bucket=10.0)
+    n = 0
+    for bucket in range(40):  # more buckets than the ring holds
+        for route in range(aggregate.ROUTES_PER_BUCKET * 2):
+            for line in range(20):
+                frames = (SERVER, Frame(f"/srv/app/r{route}.py", line, f"f{bucket}"))
+                p.add(f"/r{route}", frames[-1], frames)
+                n += 1
+        clock.now += 10
+    kept = [b for b in p._buckets if b.epoch >= 0]
+    assert len(kept) <= 31
+    for b in kept:
+        assert len(b.routes) <= aggregate.ROUTES_PER_BUCKET + 1  # + (other routes)
+        assert b.cells <= aggregate.CELLS_PER_BUCKET + len(b.routes)  # + an other row each
+        assert sum(len(lines) for lines in b.routes.values()) == b.cells
+        assert b.stacks <= aggregate.STACKS_PER_BUCKET
+        for lines in b.routes.values():
+            assert len(lines) <= 5 * aggregate.KEEP_FACTOR + 1
+    snap = p.snapshot()
+    assert OTHER_ROUTES in [r.route for r in snap.routes]
+    # Nothing is lost: every sample of the window is still counted somewhere.
+    per_bucket = aggregate.ROUTES_PER_BUCKET * 2 * 20
+    assert snap.samples == per_bucket * 29  # the bucket in progress is empty
+    assert all(len(r.lines) <= 6 for r in snap.routes)
+
+
+def test_memory_is_bounded_whatever_the_traffic() -> None:
+    """The bound docs/profile.md states: the ring at its caps, every stack distinct and as
+    deep as kept, takes a few megabytes, and no more when the traffic goes on."""
+
+    outer = tuple(Frame("/srv/app/outer.py", d, "f") for d in range(PROFILE_DEPTH - 1))
+
+    def fill(p: LoopProfile, clock: Clock, buckets: int, salt: int) -> None:
+        # Distinct stacks as deep as kept; their frames are shared, as the sampler's are.
+        for b in range(buckets):
+            for i in range(aggregate.CELLS_PER_BUCKET * 2):
+                frames = (*outer, Frame(f"/srv/app/m{salt}.py", b * 10_000 + i, "f"))
+                p.add(f"/r{i % 100}", frames[-1], frames)
+            clock.now += 10
+
+    clock = Clock()
+    p = profile(clock)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        fill(p, clock, 31, 0)
+        gc.collect()
+        first, _ = tracemalloc.get_traced_memory()
+        fill(p, clock, 31, 1)
+        gc.collect()
+        second, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert second < first * 1.2  # more traffic, no more memory
+    assert second < 6e6, second  # docs/profile.md: about 5 MB at the caps
+
+
+# -- the folded stacks ---------------------------------------------------------------------------
+
+
+def test_folded_stacks_have_the_route_as_root_then_outermost_to_innermost_frames() -> None:
+    clock = Clock()
+    p = profile(clock)
+    for _ in range(812):
+        p.add("/cache/{key}", APP, (HANDLER, APP))
+    p.add("/cache/{key}", APP, None)  # counted, its stack not kept
+    p.add("/ping", NO_STACK, None)
+    text = folded(p.snapshot(), short=lambda f: f.removeprefix("/srv/"))
+    assert text.splitlines() == [
+        "/cache/{key};handler (app/app.py:40);read_blocking (app/cache.py:154) 812",
+        "/cache/{key};[other stacks];read_blocking (app/cache.py:154) 1",
+        "/ping;(no stack sampled) 1",
+    ]
+    parsed = parse_folded(text)
+    assert parsed[0] == (
+        ["/cache/{key}", "handler (app/app.py:40)", "read_blocking (app/cache.py:154)"],
+        812,
+    )
+    assert sum(n for _, n in parsed) == p.snapshot().samples
+
+
+def test_folded_output_parses_as_the_format_says_whatever_the_names() -> None:
+    clock = Clock()
+    p = profile(clock)
+    odd = Frame("/srv/app/we;ird\nname.py", 3, "f;g")
+    p.add("/a;b", odd, (odd,))
+    p.add("/a;b", Frame(OMITTED, 7, "<omitted>"), (Frame(OMITTED, 7, "<omitted>"), odd))
+    text = folded(p.snapshot())
+    for frames, count in parse_folded(text):
+        assert count >= 1
+        assert all(";" not in f and "\n" not in f for f in frames)
+        assert frames[0] == "/a,b"
+    assert "[7 frames omitted]" in text
+    with pytest.raises(ValueError, match="line 1"):
+        parse_folded("no count here\n")
+    assert folded(profile(Clock()).snapshot()) == ""
+
+
+def test_short_paths_are_relative_to_the_import_root() -> None:
+    short = ShortPaths()
+    assert short(os.path.join(STDLIB, "asyncio", "events.py")) == "asyncio/events.py"
+    assert short(os.path.join(os.getcwd(), "demo_app", "cache.py")) == "demo_app/cache.py"
+    assert short("<frozen runpy>") == "<frozen runpy>"
+    assert folded_frame(APP, lambda f: "cache.py") == "read_blocking (cache.py:154)"
+
+
+# -- the hint table, line by line ----------------------------------------------------------------
+
+
+def lib(path: str, function: str = "f", line: int = 1) -> Frame:
+    """A library frame: ``site:pkg/mod.py`` in site-packages, else in the stdlib."""
+    if path.startswith("site:"):
+        return Frame(f"{SITE}/{path[5:]}", line, function)
+    return Frame(os.path.join(STDLIB, *path.split("/")), line, function)
+
+
+def hint_kind(
+    frames: Sequence[Frame], line: str = "", imports: str = "", top: Frame = APP
+) -> str | None:
+    found = hint_for(
+        (HANDLER, *frames) if frames and frames[0] == top else (HANDLER, top, *frames),
+        top,
+        line=lambda filename, lineno: line,
+        imports=lambda filename: parse_imports(imports),
+    )
+    return None if found is None else found.kind
+
+
+LIBRARY_CASES: list[tuple[str, str, str | None]] = [
+    # (first library frame inside the app's line, its function, the hint's kind)
+    ("sqlite3/__init__.py", "connect", "sqlite3"),
+    ("sqlite3/dbapi2.py", "convert_date", "sqlite3"),
+    ("site:requests/api.py", "get", "http"),
+    ("site:urllib3/connectionpool.py", "urlopen", "http"),
+    ("urllib/request.py", "urlopen", "http"),
+    ("http/client.py", "getresponse", "http"),
+    ("socket.py", "create_connection", "network"),
+    ("smtplib.py", "sendmail", "network"),
+    ("subprocess.py", "run", "subprocess"),
+    ("os.py", "popen", "subprocess"),
+    ("os.py", "walk", "file-io"),
+    ("os.py", "fsencode", None),
+    ("pathlib.py", "read_text", "file-io"),
+    ("pathlib.py", "__truediv__", None),  # path arithmetic is no I/O
+    ("posixpath.py", "exists", "file-io"),
+    ("genericpath.py", "getsize", "file-io"),
+    ("posixpath.py", "join", None),
+    ("shutil.py", "copyfile", "file-io"),
+    ("glob.py", "glob", "file-io"),
+    ("tempfile.py", "mkstemp", "file-io"),
+    ("site:bcrypt/__init__.py", "hashpw", "hashing"),
+    ("site:argon2/_password_hasher.py", "hash", "hashing"),
+    ("site:passlib/handlers/sha2_crypt.py", "_raw_sha2_crypt", "hashing"),
+    ("json/encoder.py", "iterencode", "cpu"),
+    ("json/__init__.py", "loads", "cpu"),
+    ("re/__init__.py", "_compile", "cpu"),
+    ("copy.py", "deepcopy", "cpu"),
+    ("copy.py", "copy", None),
+    ("difflib.py", "ratio", "cpu"),
+    ("site:starlette/concurrency.py", "run_in_threadpool", None),  # not in the table
+    ("site:anyio/_core/_fileio.py", "read_text", None),
+    ("site:aiosqlite/core.py", "execute", None),
+    ("asyncio/tasks.py", "sleep", None),
+]
+
+
+@pytest.mark.parametrize(("path", "function", "kind"), LIBRARY_CASES)
+def test_the_library_the_line_called_into_names_the_hint(
+    path: str, function: str, kind: str | None
+) -> None:
+    # Deeper library frames do not matter: the first one inside the app's line decides.
+    assert hint_kind([lib(path, function), lib("socket.py", "recv_into")]) == kind
+
+
+def test_httpx_gets_a_hint_only_for_its_synchronous_client() -> None:
+    sync = [lib("site:httpx/_client.py", "send"), lib("site:httpcore/_sync/connection.py", "x")]
+    assert hint_kind(sync) == "http"
+    assert hint_kind([lib("site:httpx/_api.py", "get")]) == "http"
+    asynchronous = [lib("site:httpx/_client.py", "send"), lib("site:httpcore/_async/http11.py")]
+    assert hint_kind(asynchronous) is None
+
+
+LINE_CASES: list[tuple[str, str, str | None]] = [
+    # (the line, the module's imports, the hint's kind): C calls show no frame of their own
+    ("    time.sleep(0.002)", "import time", "sleep"),
+    ("    nap(0.002)", "from time import sleep as nap", "sleep"),
+    ("    sleep(0.002)", "from time import sleep", "sleep"),
+    ("    sleep(0.002)", "from trio import sleep", None),
+    ("    await asyncio.sleep(0.002)", "import asyncio", None),
+    ("    t.sleep(1)", "import time as t", "sleep"),
+    ("    log('time.sleep(1)')", "import time", None),  # in a string
+    ("    x = 1  # time.sleep(1)", "import time", None),  # in a comment
+    ("    conn = sqlite3.connect(path)", "import sqlite3", "sqlite3"),
+    ("    row = cache.connection().execute(READ, (key,)).fetchone()", "import sqlite3", "sqlite3"),
+    ("    rows = cur.fetchall()", "import sqlite3\nimport os", "sqlite3"),
+    ("    rows = cur.fetchall()", "", None),  # which driver? not sure
+    ("    rows = cur.fetchall()", "import sqlite3\nimport psycopg2", None),
+    ("    rows = await db.execute(q)", "import sqlite3", None),
+    ("    os.system('ls')", "import os", "subprocess"),
+    ("    data = open(path).read()", "", "file-io"),
+    ("    data = open(path).read()", "from anyio import open", None),  # not the builtin
+    ("    os.fsync(fd)", "import os", "file-io"),
+    ("    key = hashlib.pbkdf2_hmac('sha256', pw, salt, 600_000)", "import hashlib", "hashing"),
+    ("    key = pbkdf2_hmac('sha256', pw, salt, 1)", "from hashlib import pbkdf2_hmac", "hashing"),
+    ("    ok = bcrypt.checkpw(pw, hashed)", "import bcrypt", "hashing"),
+    ("    blob = pickle.dumps(obj)", "import pickle", "cpu"),
+    ("    total = sum(range(10**8))", "", None),  # some C call: not sure which work
+    ("    data = f.read()", "", None),
+    ("", "import time", None),
+]
+
+
+@pytest.mark.parametrize(("line", "imports", "kind"), LINE_CASES)
+def test_a_c_call_is_named_from_its_line_and_the_modules_imports(
+    line: str, imports: str, kind: str | None
+) -> None:
+    assert hint_kind([], line, imports) == kind
+
+
+def test_no_hint_without_an_app_frame_or_for_the_frames_outside_it() -> None:
+    assert hint_for((SERVER, lib("socket.py")), None) is None
+    # Library frames *outside* the app's line (the framework that called it) say nothing.
+    framework = [lib("site:requests/api.py", "get"), HANDLER, APP]
+    assert (
+        hint_for(
+            framework, APP, line=lambda f, n: "x = 1", imports=lambda f: Imports({}, frozenset())
+        )
+        is None
+    )
+    assert hint_for((HANDLER,), APP) is None  # top not in the stack
+
+
+def test_imports_are_read_wherever_they_stand_and_a_broken_module_has_none() -> None:
+    parsed = parse_imports("import os.path\ndef f():\n    from time import sleep as s\n")
+    assert parsed.names == {"os": "os", "s": "time.sleep"}
+    assert parsed.modules == {"os", "time"}
+    assert parse_imports("def (:") == hints.NO_IMPORTS
+
+
+def test_the_demo_read_gets_the_sqlite_hint_from_its_real_source() -> None:
+    import demo_app.cache as cache
+
+    source = Path(cache.__file__).read_text().splitlines()
+    lineno = next(i for i, text in enumerate(source, 1) if ".execute(READ" in text)
+    frame = Frame(cache.__file__, lineno, "read_blocking")
+    found = hint_for((HANDLER, frame), frame)
+    assert found is not None
+    assert found.kind == "sqlite3"
+    assert "asyncio.to_thread" in str(found)
+    assert "aiosqlite" in str(found)
+
+
+# -- the views ----------------------------------------------------------------------------------
+
+
+def test_the_view_gives_loop_ms_per_second_shares_hints_and_stacks() -> None:
+    clock = Clock()
+    p = profile(clock)
+    for _ in range(30):
+        p.add("/cache/{key}", APP, (HANDLER, APP))
+    for _ in range(10):
+        p.add("/cache/{key}", OTHER, (HANDLER, OTHER))
+    for _ in range(20):
+        p.add(BACKGROUND, LIBRARY_ONLY, (SERVER,))
+    clock.now += 2.0
+    view = profile_view(
+        p.snapshot(), short=lambda f: f.removeprefix("/srv/"), hint=lambda line: None
+    )
+    json.dumps(view, allow_nan=False)
+    assert view["available"] is True
+    assert view["rate"] == pytest.approx(100.0)
+    assert view["busy_ms_per_s"] == pytest.approx(60 * 10 / 2.0)
+    cache = view["routes"][0]
+    assert cache["route"] == "/cache/{key}"
+    assert cache["ms_per_s"] == pytest.approx(200.0)
+    assert cache["share"] == pytest.approx(0.2)
+    first = cache["lines"][0]
+    assert first["location"] == str(APP)
+    assert first["where"] == "app/cache.py:154 in read_blocking"
+    assert first["share"] == pytest.approx(0.75)
+    assert first["stacks"] == [{"count": 30, "frames": [str(HANDLER), str(APP)]}]
+    assert view["routes"][1]["lines"][0]["file"] is None
+    text = profile_text(view)
+    assert "/cache/{key}  200.0 ms/s, 20.0% of the loop" in text
+    assert "75.0%  app/cache.py:154 in read_blocking" in text
+    rows = held_longest(view)
+    assert [r["where"] for r in rows] == [
+        "app/cache.py:154 in read_blocking",
+        "app/render.py:12 in render",
+    ]
+    assert rows[0]["seconds"] == pytest.approx(0.3)
+    assert held_longest_text(view)[0].startswith("    300.0 ms  app/cache.py:154")
+    assert profile_view(None)["available"] is False
+    assert "no profile" in profile_text(profile_view(None))
+
+
+# -- the sampler: its schedule and whom it charges ------------------------------------------------
+
+
+class Span:
+    def __init__(self, route: str | None) -> None:
+        self.route = route
+        self.named = 0
+
+    def route_label(self) -> str:
+        self.named += 1
+        if self.route is None:
+            self.route = "/named/late"
+        return self.route
+
+
+def raw(*frames: Frame) -> tuple[tuple[str, int, str], ...]:
+    return tuple((f.filename, f.lineno, f.function) for f in frames)
+
+
+def make_sampler(clock: Clock) -> tuple[LoopProfile, ProfileSampler]:
+    p = profile(clock)
+
+    def to_frames(r: tuple[tuple[str, int, str], ...]) -> tuple[Frame, ...]:
+        return tuple(Frame(*f) for f in r)
+
+    return p, ProfileSampler(p, frames=to_frames, top_frame=top_frame, clock=clock)
+
+
+def test_the_schedule_is_a_grid_that_does_not_make_up_missed_moments() -> None:
+    clock = Clock(100.0)
+    _, sampler = make_sampler(clock)
+    assert sampler.due == pytest.approx(100.01)
+    sampler.advance(100.012)
+    assert sampler.due == pytest.approx(100.02)
+    sampler.advance(100.055)  # held off past three moments: the next is still on the grid
+    assert sampler.due == pytest.approx(100.06)
+
+
+def test_samples_are_charged_to_the_request_background_or_wait_for_a_name() -> None:
+    clock = Clock(100.0)
+    p, sampler = make_sampler(clock)
+    named, unnamed = Span("/cache/{key}"), Span(None)
+    sampler.add(100.0, raw(*stack(HANDLER, APP)), named)
+    sampler.add(100.0, raw(*stack()), None)
+    sampler.add(100.0, None, named)
+    sampler.add(100.0, raw(*stack(OTHER)), unnamed)
+    assert sampler.waiting == 1
+    routes = {r.route: r for r in p.snapshot().routes}
+    assert set(routes) == {"/cache/{key}", BACKGROUND}
+    assert {line.location for line in routes["/cache/{key}"].lines} == {APP, NO_STACK}
+    sampler.settle(100.5)
+    sampler.name_pending()
+    assert unnamed.named == 0  # not asked yet: requests are named when they end
+    sampler.settle(101.5)
+    sampler.name_pending()  # the loop thread names it, the next settle charges it
+    assert unnamed.named == 1
+    sampler.settle(101.6)
+    assert sampler.waiting == 0
+    assert "/named/late" in {r.route for r in p.snapshot().routes}
+    assert sampler.taken == 4
