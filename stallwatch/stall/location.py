@@ -30,9 +30,9 @@ def location(event: StallEvent, *, root: str | None = None, detail: bool = False
     a stall in library code only also names the innermost frame sampled."""
     if event.top_frame is not None:
         return frame_text(event.top_frame, root)
-    if not event.sampled or not event.stacks:
+    if not event.sampled:
         return NO_STACK
-    if detail:
+    if detail and event.stacks:
         innermost = innermost_frame(event.stacks[0].frames)
         if innermost is not None:
             return f"{frame_text(innermost, root)} {LIBRARY_ONLY}"
