@@ -26,10 +26,11 @@ from .loop.probes import Probe, choose_probe
 from .loop.timeline import Stretch, Timeline
 from .metrics import Metrics, metrics_for
 from .options import MonitorOptions, monitor_options
+from .profile import LoopProfile, ProfileSampler
 from .request.tasks import CURRENT, TaskAttribution
 from .stall.gcwatch import GC_WATCH
 from .stall.log import StallLog
-from .stall.sampling import StackSampler
+from .stall.sampling import StackSampler, frames_of
 from .stall.watchdog import Watchdog, WatchdogLinks
 
 logger = logging.getLogger("stallwatch")
@@ -68,6 +69,16 @@ class LoopMonitor:
         self.metrics: Metrics = metrics_for(options.registry, lag_buckets=options.lag_buckets)
         self.history = LoopHistory()
         """The last minutes of lag, route busy time and frozen time, for the report."""
+        self.profile: LoopProfile | None = None
+        """Where the loop's time goes, by route and line, over the history's window
+        (``profile/``); None with ``profile=False``."""
+        if options.profile:
+            self.profile = LoopProfile(
+                period=1.0 / options.profile_rate,
+                lines=options.profile_lines,
+                span=self.history.span,
+            )
+        self._profiler: ProfileSampler | None = None
         self._events: deque[StallEvent] = deque(maxlen=options.history)
         self._stall_log = StallLog(every=options.log_every, burst=options.log_burst)
         self.errors = InternalErrors(self.metrics.internal_errors)
@@ -161,6 +172,14 @@ class LoopMonitor:
         )
         self._tasks.install()
         tasks = self._tasks
+        if self._profiler is not None:
+            self.remove_flusher(self._profiler.name_pending)  # a previous run's
+            self._profiler = None
+        if self.profile is not None:
+            self._profiler = ProfileSampler(
+                self.profile, frames=frames_of, top_frame=sampler.top_frame
+            )
+            self.add_flusher(self._profiler.name_pending)
         self._watchdog = Watchdog(
             WatchdogLinks(
                 loop=loop,
@@ -170,11 +189,14 @@ class LoopMonitor:
                 on_error=lambda: self.internal_error("watchdog", once=True),
                 show_stall=self.metrics.stall_in_progress.set,
                 loop_closed=self.stop,
+                running=lambda: timeline.running,
+                stretch_id=lambda: timeline.stretch_id,
             ),
             sampler,
             threading.get_native_id(),
             threshold=self.stall_threshold,
             sample_interval=self.sample_interval,
+            profiler=self._profiler,
         )
         GC_WATCH.acquire()
         self._started = True

@@ -63,6 +63,12 @@ class MonitorOptions:
     """Shorter busy stretches freeze nobody: they cost no bookkeeping at all."""
     sample_interval: float = 0.005
     """How often the watchdog reads the loop thread's stack while the loop is held."""
+    profile: bool = True
+    """Sample the loop thread while it is busy, for the line profile by route (docs/profile.md)."""
+    profile_rate: float = 100.0
+    """Profile samples per busy second of the loop (the watchdog looks every 1/rate s)."""
+    profile_lines: int = 20
+    """Lines the profile shows per route; the rest are one ``(other lines)`` row."""
     history: int = 100
     """How many stall events ``recent_stalls()`` and the report keep."""
     registry: CollectorRegistry | None = None
@@ -79,6 +85,11 @@ class MonitorOptions:
         _seconds("stall_threshold", self.stall_threshold, 0.001, 60.0)
         _seconds("floor", self.floor, 0.0, float(self.stall_threshold))
         _seconds("sample_interval", self.sample_interval, 0.0005, 1.0)
+        _flag("profile", self.profile)
+        rate = self.profile_rate
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 1 <= rate <= 1000:
+            raise ValueError(f"profile_rate must be 1 to 1000 samples a second, got {rate!r}")
+        _positive("profile_lines", self.profile_lines)
         _positive("history", self.history)
         _positive("log_burst", self.log_burst)
         _seconds("log_every", self.log_every, 0.001, 86400.0)

@@ -48,6 +48,11 @@ class SpanBook(Protocol):
     ended: float
     ended_in: int
 
+    @property
+    def route(self) -> str | None:
+        """The request's name once fixed (``route_label`` fixes it), else None: what the
+        watchdog's profile reads from its thread, where no resolver may run."""
+
     def route_label(self) -> str: ...
 
     def victim_label(self) -> str: ...
@@ -111,6 +116,9 @@ class Timeline:
         self.current = current
         """Who pays for a step ``run_step`` is not told the payer of: the request whose
         context the step ran in (the monitor passes ``request.tasks.CURRENT.get``)."""
+        self.running: SpanBook | None = None
+        """The request whose timed step runs now, None when no timed step does (the server's
+        own work, callbacks): ``run_step`` keeps it, the watchdog's profile reads it."""
         self.holders: dict[str, float] = {}
         self.held = 0.0
         self._cursor = 0
@@ -202,6 +210,8 @@ class Timeline:
         ``create_task``) is taken out of the outer one, so no second is counted twice.
         """
         outer = self.nested
+        outer_running = self.running
+        self.running = span if span is not None else self.current()
         self.nested = 0.0
         began = self.step_began = perf_counter()
         try:
@@ -210,6 +220,7 @@ class Timeline:
             elapsed = perf_counter() - began
             inner = self.nested
             self.nested = outer + elapsed
+            self.running = outer_running
             if span is None:
                 span = self.current()
             if span is not None:

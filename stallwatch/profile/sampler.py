@@ -31,6 +31,7 @@ from .aggregate import LoopProfile
 from .stacks import NO_STACK, Location, locate
 
 RawStack = tuple[tuple[str, int, str], ...]
+"""(filename, lineno, function) per frame, outermost first (``stall.sampling.RawStack``)."""
 
 PENDING = 4096
 """Samples that wait for their request's name at most; past that the oldest is charged to

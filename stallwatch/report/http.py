@@ -30,6 +30,7 @@ from urllib.parse import parse_qs
 
 from .._types import Receive, Scope, Send
 from ..options import check_path, check_token
+from ..profile import folded, profile_view
 from .data import causes_view, loop_view, stalls_view, summary
 
 if TYPE_CHECKING:
@@ -194,7 +195,7 @@ class ReportApp:
             if refused is not None:
                 return refused
             sub = path[len(self.path) :] if self.handles(path) else None
-            if sub not in ("", "/", "/api/stalls", "/api/summary", "/api/loop"):
+            if sub not in ("", "/", "/api/stalls", "/api/summary", "/api/loop", "/api/profile"):
                 return _bare(404)
             if method not in ("GET", "HEAD"):
                 return _bare(405, [("Allow", "GET, HEAD")])
@@ -244,10 +245,32 @@ class ReportApp:
                 return _bare(400)
             if not 0 < window <= 86_400:
                 return _bare(400)
+        if sub == "/api/profile":
+            return self._profile(monitor, window, query, method, now)
         history = getattr(monitor, "history", None)
         snapshot = history.snapshot(window) if history is not None else None
         data = {"generated_at": now, "monitor": _monitor_info(monitor), **loop_view(snapshot)}
         return _json(200, data, method)
+
+    def _profile(
+        self, monitor: Any, window: float, query: str, method: str, now: float
+    ) -> Response:
+        """The line profile as JSON, or with ``?format=folded`` as folded stacks (text)."""
+        profile = getattr(monitor, "profile", None)
+        snapshot = profile.snapshot(window) if profile is not None else None
+        form = parse_qs(query).get("format", ["json"])[-1]
+        if form == "json":
+            return _json(200, {"generated_at": now, **profile_view(snapshot)}, method)
+        if form != "folded":
+            return _bare(400)
+        body = folded(snapshot).encode() if snapshot is not None else b""
+        headers = [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            ("Content-Security-Policy", _API_CSP),
+            *_COMMON_HEADERS,
+        ]
+        return 200, headers, b"" if method == "HEAD" else body
 
     def _internal_error(self) -> None:
         monitor = None

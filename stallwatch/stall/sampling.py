@@ -305,6 +305,12 @@ def _frame(raw: RawFrame) -> Frame:
     return frame
 
 
+def frames_of(stack: RawStack) -> tuple[Frame, ...]:
+    """A sampled stack as the interned ``Frame`` records events keep (watchdog thread): the
+    loop profile files its samples with them."""
+    return tuple(_frame(raw) for raw in stack)
+
+
 def aggregate(stacks: Iterable[RawStack], limit: int = 5) -> tuple[StackSample, ...]:
     """Distinct stacks, most frequent first, at most ``limit`` of them."""
     counts = Counter(stacks)

@@ -5,6 +5,12 @@ It sleeps on a ``threading.Event`` until the earliest moment a stall could have 
 idle loop costs a few wake-ups per threshold. While the loop is held it samples every
 ``sample_interval``. The evidence it gathers is weighed in ``decisions.py``. Its own errors
 are counted and logged once; it never stops for them.
+
+With a profile (``profile.ProfileSampler``) it also wakes at every moment of the profile's
+grid (``1 / profile_rate`` apart) and, when the loop is busy then, samples the stack for the
+line profile. A profile sample taken in a stretch that turns out to be a stall is one of the
+stall's stacks too; samples of stretches that ended short are dropped once the loop has
+moved on (``stretch_id``), so they cost no memory.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from time import perf_counter
 from ..decisions import Evidence, culprits, decide_cause, samples_after_the_block
 from ..events import Frame, StallEvent
 from ..loop.timeline import Stretch
+from ..profile.sampler import Payer, ProfileSampler
 from .gcwatch import GC_WATCH
 from .sampling import RawStack, StackSampler, aggregate
 from .threadstats import ThreadStats
@@ -36,6 +43,9 @@ class _Sample:
     task: str | None
     started_by: Frame | None
     on_lock: bool | None
+    stretch: int = -1
+    """The timeline's ``stretch_id`` when taken: -1 for stall samples, which their stall
+    takes; a profile sample of a stretch that has ended without a stall is dropped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +76,11 @@ class WatchdogLinks:
     """Sets the stall-in-progress gauge (0 when none is)."""
     loop_closed: Callable[[], None]
     """The loop was closed under a running monitor: stop watching."""
+    running: Callable[[], Payer | None] = lambda: None
+    """The request whose step runs now, None for none (the profile charges it)."""
+    stretch_id: Callable[[], int] = lambda: 0
+    """The number of the stretch in progress; a stretch's stall (if it was one) has been
+    handed over before the number moves on."""
 
 
 class Watchdog:
@@ -77,8 +92,10 @@ class Watchdog:
         *,
         threshold: float,
         sample_interval: float,
+        profiler: ProfileSampler | None = None,
     ) -> None:
         self._links = links
+        self._profiler = profiler
         self.threshold = threshold
         self.sample_interval = sample_interval
         self.stops_seen = 0
@@ -164,7 +181,10 @@ class Watchdog:
             self._stop.set()
             links.loop_closed()
             return 0.0
+        ended = links.stretch_id()  # before the hand-overs: a stall before it is in _ended
         self._finish_ended()
+        while self._samples and 0 <= self._samples[0].stretch < ended:
+            self._samples.popleft()  # a profile sample of a stretch that ended short
         now = perf_counter()
         if intended is not None and now - intended > self.max_late:
             self._late.append((intended, now))
@@ -172,13 +192,14 @@ class Watchdog:
             self._stopped.append(now)
             self.stops_seen += 1
         since = links.held_since()
+        profiled = self._profile(now, since, ended) if self._profiler is not None else False
         threshold = self.threshold
         if since is not None and now - since >= threshold:
             links.show_stall(now - since)
             self._gauge_set = True
-            if intended is None or now - intended <= self.max_late:
+            if not profiled and (intended is None or now - intended <= self.max_late):
                 self._sample(now)
-            return self.sample_interval
+            return self._until_due(self.sample_interval, now)
         if self._gauge_set:
             links.show_stall(0.0)
             self._gauge_set = False
@@ -186,10 +207,42 @@ class Watchdog:
         # Sleep until the earliest moment a stall could be under way: a stall that begins
         # just after this look is still caught within about one threshold of its start.
         if since is None:
-            return threshold
-        return max(self.sample_interval, min(threshold, since + threshold - now))
+            return self._until_due(threshold, now)
+        return self._until_due(
+            max(self.sample_interval, min(threshold, since + threshold - now)), now
+        )
 
-    def _sample(self, now: float) -> None:
+    def _until_due(self, timeout: float, now: float) -> float:
+        """``timeout``, or less if the profile's next moment comes first."""
+        profiler = self._profiler
+        return timeout if profiler is None else max(0.0, min(timeout, profiler.due - now))
+
+    def _profile(self, now: float, since: float | None, stretch: int) -> bool:
+        """At a moment of the profile's grid, sample the loop if it is busy; True when a
+        stack was read now (it serves a stall in progress too)."""
+        profiler = self._profiler
+        assert profiler is not None
+        due = profiler.due
+        if now < due:
+            return False
+        profiler.advance(now)
+        profiler.settle(now)
+        if since is None or not self._links.loop.is_running():
+            return False  # idle (or stopped) at the moment: no sample
+        payer = self._links.running()
+        if now - due > self.max_late:
+            # Held off: the loop thread kept the GIL past the moment (a native call). If
+            # that stretch still runs, the loop was busy then: count it, name no line.
+            if since <= due:
+                profiler.add(now, None, payer)
+            return False
+        stack = self._sample(now, probe=False, stretch=stretch)
+        if stack is None:
+            return False
+        profiler.add(now, stack, payer)
+        return True
+
+    def _sample(self, now: float, *, probe: bool = True, stretch: int = -1) -> RawStack | None:
         stack = self._sampler.sample()
         task: str | None = None
         started_by: Frame | None = None
@@ -203,9 +256,12 @@ class Watchdog:
             pass
         # Reading /proc lets the GIL go and costs a hand-off back: every fourth sample is
         # enough to tell a thread waiting on the GIL from one blocked in a call.
-        self._sampled += 1
-        on_lock = self._stats.waiting_on_lock() if self._sampled % 4 == 1 else None
-        self._samples.append(_Sample(now, stack, task, started_by, on_lock))
+        on_lock = None
+        if probe:
+            self._sampled += 1
+            on_lock = self._stats.waiting_on_lock() if self._sampled % 4 == 1 else None
+        self._samples.append(_Sample(now, stack, task, started_by, on_lock, stretch))
+        return stack
 
     def _counters(self) -> _Counters:
         return _Counters(
