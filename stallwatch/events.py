@@ -78,6 +78,9 @@ class StallEvent:
     """For a stall in a task that a request started: the request's line that started it."""
     frozen: dict[str, float] = field(default_factory=dict)
     """Seconds the victims of each route waited in the stall, all of them together."""
+    trace: object = None
+    """With ``opentelemetry=True``: the OpenTelemetry span context of the stall's own span
+    (``event loop stall``, in the culprit request's trace), else None."""
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready view, the one ``/demo/stalls`` and the reports print."""

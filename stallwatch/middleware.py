@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .errors import InternalErrors
@@ -35,6 +35,9 @@ from .request.spans import RequestSpan
 from .request.tally import RequestMetrics
 from .request.tasks import CURRENT
 from .routes import UNMATCHED, RouteResolver, default_resolver
+
+if TYPE_CHECKING:
+    from .otel.requests import RequestTelemetry
 
 logger = logging.getLogger("stallwatch")
 
@@ -90,6 +93,11 @@ class StallwatchMiddleware:
         self.monitor: LoopMonitor | None = None
         self._owns_monitor = False
         self._requests = RequestMetrics(self.metrics, group_status=options_.group_status)
+        self._telemetry: RequestTelemetry | None = None
+        if self.monitor_options.opentelemetry:
+            from .otel import request_telemetry  # OpenTelemetry is imported only when asked for
+
+            self._telemetry = request_telemetry(self.metrics, group_status=options_.group_status)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._unwatched:
@@ -132,14 +140,11 @@ class StallwatchMiddleware:
         # from the previous one's send) is this one's from here, and nobody's after it.
         inherited = CURRENT.get() is not None
         token = CURRENT.set(span)
+        send_on: Send = span.asgi_send_timed if self.options.server_timing else span.asgi_send
+        if self._telemetry is not None:
+            send_on = self._telemetry.send(span, send_on)  # its figures go on before it ends
         try:
-            await span.wrap(
-                self.app(
-                    scope,
-                    receive,
-                    span.asgi_send_timed if self.options.server_timing else span.asgi_send,
-                )
-            )
+            await span.wrap(self.app(scope, receive, send_on))
         finally:
             CURRENT.reset(token)
             if inherited:
@@ -162,6 +167,12 @@ class StallwatchMiddleware:
             timeline = self._attach(loop)
         span = RequestSpan(timeline, scope, send, self._resolve)
         timeline.request_started(span)
+        telemetry = self._telemetry
+        if telemetry is not None:
+            try:
+                telemetry.request_started(span)  # its server span, while its context is here
+            except Exception:
+                self._internal_error("otel")
         return span
 
     def _close(self, span: RequestSpan, end: float) -> None:
@@ -172,15 +183,25 @@ class StallwatchMiddleware:
             kind = scope.get("type")
             route = span.route_label()
             frozen = timeline.frozen(span, end)
+            method = "WEBSOCKET" if kind == "websocket" else scope.get("method")
+            status = span.status or 500
+            duration = end - span.start
+            telemetry = self._telemetry
+            exemplar = (
+                telemetry.request_ended(span, method, route, status, duration, frozen)
+                if telemetry is not None
+                else None
+            )
             self._requests.add(
-                "WEBSOCKET" if kind == "websocket" else scope.get("method"),
+                method,
                 route,
-                span.status or 500,
-                end - span.start,
+                status,
+                duration,
                 span.longest,
                 span.busy,
                 frozen,
                 timeline.floor,
+                exemplar,
             )
             span.release()
         except Exception:
@@ -223,6 +244,8 @@ class StallwatchMiddleware:
             self._owns_monitor = True
         self.monitor = monitor
         monitor.add_flusher(self.flush)
+        if self._telemetry is not None:
+            self._telemetry.attach(monitor.telemetry, lambda: self._internal_error("otel"))
         self._loop = loop
         self._timeline = monitor.timeline
         self._start_metrics_server()

@@ -14,9 +14,10 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from time import perf_counter
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import InternalErrors
 from .events import StallEvent
@@ -32,6 +33,9 @@ from .stall.gcwatch import GC_WATCH
 from .stall.log import StallLog
 from .stall.sampling import StackSampler, frames_of
 from .stall.watchdog import Watchdog, WatchdogLinks
+
+if TYPE_CHECKING:
+    from .otel.stalls import LoopTelemetry
 
 logger = logging.getLogger("stallwatch")
 
@@ -83,6 +87,14 @@ class LoopMonitor:
         self._stall_log = StallLog(every=options.log_every, burst=options.log_burst)
         self.errors = InternalErrors(self.metrics.internal_errors)
         """Where every part watching this loop counts its own errors (``errors.py``)."""
+        self.telemetry: LoopTelemetry | None = None
+        """With ``opentelemetry=True``: stall spans and the loop's OpenTelemetry metrics."""
+        if options.opentelemetry:
+            from .otel import loop_telemetry  # OpenTelemetry is imported only when asked for
+
+            self.telemetry = loop_telemetry(
+                self.metrics, floor=options.floor, stacks=options.opentelemetry_stacks
+            )
         self._started = False
         self._loop_thread = 0
         self._timeline: Timeline | None = None
@@ -293,6 +305,9 @@ class LoopMonitor:
         late = max(lateness, 0.0)
         lag.observe(late)
         history.beat(late)
+        telemetry = self.telemetry
+        if telemetry is not None:
+            telemetry.lag(late)
         # The beats that were due while the loop was held never ran: record the lag each
         # would have seen, or the histogram hides exactly the stalls it exists to show.
         interval = self.interval
@@ -302,11 +317,22 @@ class LoopMonitor:
         while missed > 1e-9:
             lag.observe(missed)
             history.beat(missed)
+            if telemetry is not None:
+                telemetry.lag(missed)
             missed -= interval
 
     # -- stalls (the loop thread hands over, the watchdog records) ---------------------------
 
     def _stall_ended(self, stretch: Stretch) -> None:
+        telemetry = self.telemetry
+        if telemetry is not None and self._timeline is not None:
+            # On the loop thread, as the stall ends: its span exists before any request it
+            # froze can end, so that each of them can link to it.
+            try:
+                context = telemetry.stall_ended(stretch, self._timeline.stretch_id)
+                stretch = replace(stretch, trace=context)
+            except Exception:
+                self.internal_error("otel")
         if self._watchdog is not None:
             self._watchdog.stall_ended(stretch)
 
@@ -314,8 +340,14 @@ class LoopMonitor:
         """Store, count and log one stall (watchdog thread)."""
         self._events.append(event)
         metrics = self.metrics
+        exemplar = None
+        if self.telemetry is not None:
+            try:
+                exemplar = self.telemetry.stall_recorded(event)  # the culprit request's trace
+            except Exception:
+                self.internal_error("otel")
         metrics.stalls.labels(event.culprit, event.cause).inc()
-        metrics.stall_seconds.labels(event.culprit, event.cause).observe(event.duration)
+        metrics.stall_seconds.labels(event.culprit, event.cause).observe(event.duration, exemplar)
         self._stall_log.log(event)
 
     def internal_error(self, component: str, *, once: bool = True) -> None:

@@ -79,6 +79,13 @@ class MonitorOptions:
     in_app_include: tuple[str, ...] = ()
     """Module names or folders whose files are the application's code even where they are
     installed in site-packages (``("datasette",)``): the top frame is chosen among them."""
+    opentelemetry: bool = False
+    """Stalls as spans on the culprit's trace, stallwatch's figures on each request's server
+    span, the metrics through the OpenTelemetry Metrics API, exemplars on the Prometheus
+    ones (``pip install 'stallwatch[otel]'``; docs/deployment.md)."""
+    opentelemetry_stacks: bool = False
+    """Also send each stall's stack with its span (``code.stacktrace``): stacks leave the
+    process with your traces, so this is off unless asked for, as the report is."""
 
     def __post_init__(self) -> None:
         _seconds("interval", self.interval, 0.001, 10.0)
@@ -96,6 +103,14 @@ class MonitorOptions:
         _registry(self.registry)
         object.__setattr__(self, "lag_buckets", _buckets("lag_buckets", self.lag_buckets))
         object.__setattr__(self, "in_app_include", _in_app(self.in_app_include))
+        _flag("opentelemetry", self.opentelemetry)
+        _flag("opentelemetry_stacks", self.opentelemetry_stacks)
+        if self.opentelemetry_stacks and not self.opentelemetry:
+            raise ValueError("opentelemetry_stacks=True needs opentelemetry=True")
+        if self.opentelemetry:
+            from .otel import require  # imports no OpenTelemetry: it only looks for it
+
+            require("opentelemetry")
 
 
 def _positive(name: str, value: object) -> None:

@@ -17,7 +17,7 @@ Everything here runs on the loop thread only, so nothing is locked.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter, process_time, thread_time
 from typing import Any, Protocol
 
@@ -47,6 +47,8 @@ class SpanBook(Protocol):
     done: bool
     ended: float
     ended_in: int
+    trace: object
+    """The request's OpenTelemetry server span, or None; the timeline only hands it on."""
 
     @property
     def route(self) -> str | None:
@@ -77,6 +79,11 @@ class Stretch:
     thread_cpu: float  # thread_time() of the loop thread at the end
     process_cpu: float  # process_time() at the end
     allowed: bool = False
+    traces: dict[str, object] = field(default_factory=dict)
+    """Per holder route, the ``trace`` of its request that held the loop longest in it
+    (traced requests only): the culprit's may have ended before the stall is recorded."""
+    trace: object = None
+    """The stall's own span context, once the monitor has started its span."""
 
 
 class Timeline:
@@ -310,6 +317,7 @@ class Timeline:
         self._fold()
         stall = busy >= self.threshold
         froze = self._victims(end, busy) if stall else None  # before ``ran`` is reset
+        traces = self._traces() if stall else None
         holders = self.holders
         self.holders = {}  # this stretch keeps the folded dict; the next one starts afresh
         held = self.held
@@ -341,8 +349,39 @@ class Timeline:
                     thread_cpu=thread_time(),
                     process_cpu=process_time(),
                     allowed=self._allowed_share(end, busy) >= ALLOWED_SHARE,
+                    traces=traces or {},
                 )
             )
+
+    def _traces(self) -> dict[str, object]:
+        """Per route, the ``trace`` of the traced request that held the loop longest in the
+        stretch in progress (a loop over its steps: for stalls only)."""
+        best: dict[str, tuple[float, object]] = {}
+        for span in self.ran:
+            trace = span.trace
+            if trace is not None:
+                route = span.route_label()
+                known = best.get(route)
+                if known is None or span.stretch_time > known[0]:
+                    best[route] = (span.stretch_time, trace)
+        return {route: trace for route, (_, trace) in best.items()}
+
+    def stall_so_far(self, now: float) -> tuple[float, dict[str, float], dict[str, object]] | None:
+        """If the stretch in progress is a stall already at ``now``: its start, the seconds
+        each route held the loop in it so far (what no finished step did is ``<background>``)
+        and ``_traces()``. For a request that ends inside a stall (OpenTelemetry: its span
+        ends before the stall does, and must link to the stall's span now)."""
+        if not self.exact:
+            return None
+        start = self.current_start()
+        busy = now - start
+        if busy < self.threshold:
+            return None
+        self._fold()
+        holders = dict(self.holders)
+        if busy > self.held:
+            holders[BACKGROUND] = holders.get(BACKGROUND, 0.0) + busy - self.held
+        return start, holders, self._traces()
 
     def _victims(self, end: float, busy: float) -> tuple[dict[str, int], dict[str, float]]:
         """Who a stall froze: the requests in flight at its end, and those that ended in it

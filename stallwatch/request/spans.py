@@ -110,6 +110,7 @@ class RequestSpan(_TimedAwait):
         "stretch_id",
         "stretch_time",
         "timeline",
+        "trace",
     )
 
     def __init__(
@@ -139,6 +140,9 @@ class RequestSpan(_TimedAwait):
         self.ended = 0.0
         self.ended_in = -1
         """When the request ended (perf_counter) and in which stretch (the timeline's)."""
+        self.trace: Any = None
+        """With ``opentelemetry=True``: the request's server span (``otel.traces.ServerSpan``),
+        kept here because no thread but the request's own can read its context."""
 
     def release(self) -> None:
         """The request has ended: let go of everything but the figures.

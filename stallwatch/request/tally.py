@@ -11,12 +11,20 @@ Bulk adding needs a histogram child's per-bucket values, which prometheus-client
 ``_buckets`` and ``_sum`` (the same in multiprocess mode, where they are file-backed). That is
 private API: ``Tally`` checks its shape once and falls back to plain ``observe`` calls when
 it is not what it expects, so a future prometheus-client costs speed, never correctness.
+
+Exemplars (``opentelemetry=True``: the request's ``trace_id`` and ``span_id``) ride along:
+each bucket keeps the last one observed in it until the flush, as prometheus-client's own
+``observe(value, exemplar)`` would have left it; a counter gets the last one with its part of
+the increment. prometheus-client's multiprocess mode drops them (docs/deployment.md).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
+from time import time
 from typing import TYPE_CHECKING, Any
+
+from prometheus_client.samples import Exemplar
 
 from ..routes import method_label
 
@@ -42,7 +50,7 @@ def _bulk_ready(child: Any) -> bool:
 class HistogramTally:
     """One histogram child's pending observations."""
 
-    __slots__ = ("_bounds", "_child", "_counts", "_sum", "bulk", "pending")
+    __slots__ = ("_bounds", "_child", "_counts", "_exemplars", "_sum", "bulk", "pending")
 
     def __init__(self, child: Any) -> None:
         self._child = child
@@ -50,16 +58,25 @@ class HistogramTally:
         self._bounds: list[float] = list(child._upper_bounds) if self.bulk else []
         self._counts = [0] * len(self._bounds)
         self._sum = 0.0
+        self._exemplars: dict[int, Exemplar] | None = None
         self.pending = False
 
-    def observe(self, value: float) -> None:
+    def observe(self, value: float, exemplar: dict[str, str] | None = None) -> None:
         if not self.bulk:
-            self._child.observe(value)
+            if exemplar is None:
+                self._child.observe(value)
+            else:
+                self._child.observe(value, exemplar)
             return
         # prometheus buckets are "less than or equal": the first bound >= value.
-        self._counts[bisect_left(self._bounds, value)] += 1
+        index = bisect_left(self._bounds, value)
+        self._counts[index] += 1
         self._sum += value
         self.pending = True
+        if exemplar is not None:
+            if self._exemplars is None:
+                self._exemplars = {}
+            self._exemplars[index] = Exemplar(exemplar, value, time())
 
     def flush(self) -> None:
         if not self.pending:
@@ -73,6 +90,13 @@ class HistogramTally:
                 counts[i] = 0
         self._child._sum.inc(self._sum)
         self._sum = 0.0
+        exemplars = self._exemplars
+        if exemplars is not None:
+            self._exemplars = None
+            for i, exemplar in exemplars.items():
+                set_exemplar = getattr(buckets[i], "set_exemplar", None)
+                if set_exemplar is not None:
+                    set_exemplar(exemplar)
 
 
 class RequestTally:
@@ -88,8 +112,10 @@ class RequestTally:
         self._busy = 0.0
         self.pending = False
 
-    def add(self, duration: float, longest: float, busy: float) -> None:
-        self.duration.observe(duration)
+    def add(
+        self, duration: float, longest: float, busy: float, exemplar: dict[str, str] | None
+    ) -> None:
+        self.duration.observe(duration, exemplar)
         self.hold.observe(longest)
         self._busy += busy
         self.pending = True
@@ -111,18 +137,29 @@ class RequestTally:
 class FrozenTally:
     """Frozen seconds and frozen requests of one (victim route, culprit)."""
 
-    __slots__ = ("_requests", "_seconds", "requests", "seconds")
+    __slots__ = ("_requests", "_seconds", "exemplar", "requests", "seconds")
 
     def __init__(self, seconds: Any, requests: Any) -> None:
         self._seconds = seconds
         self._requests = requests
         self.seconds = 0.0
         self.requests = 0
+        self.exemplar: tuple[dict[str, str], float] | None = None
+        """The last traced request's exemplar and its seconds, until the flush."""
 
     def flush(self) -> float:
         seconds = self.seconds
         if seconds:
-            self._seconds.inc(seconds)
+            exemplar = self.exemplar
+            if exemplar is None:
+                self._seconds.inc(seconds)
+            else:
+                # Two increments, so that the exemplar's value is that request's own seconds.
+                self.exemplar = None
+                labels, own = exemplar
+                if seconds - own > 0.0:
+                    self._seconds.inc(seconds - own)
+                self._seconds.inc(min(own, seconds), labels)
             self.seconds = 0.0
         if self.requests:
             self._requests.inc(self.requests)
@@ -159,6 +196,7 @@ class RequestMetrics:
         busy: float,
         frozen: dict[str, float] | None,
         floor: float,
+        exemplar: dict[str, str] | None = None,
     ) -> None:
         if method != "WEBSOCKET":
             method = method_label(method)  # raw methods are client input: never a key
@@ -166,7 +204,7 @@ class RequestMetrics:
         tally = self._requests.get(key)
         if tally is None:
             tally = self._new_tally(key)
-        tally.add(duration, longest, busy)
+        tally.add(duration, longest, busy, exemplar)
         if frozen:
             for culprit, seconds in frozen.items():
                 pair = self._frozen.get((route, culprit))
@@ -179,6 +217,8 @@ class RequestMetrics:
                 pair.seconds += seconds
                 if seconds >= floor:
                     pair.requests += 1
+                if exemplar is not None:
+                    pair.exemplar = (exemplar, seconds)
         self._pending = True
 
     def _new_tally(self, key: tuple[Any, str, int]) -> RequestTally:

@@ -353,4 +353,5 @@ class Watchdog:
             loop_cpu_ratio=cpu_ratio,
             allowed=stretch.allowed,
             started_by=started.most_common(1)[0][0] if started else None,
+            trace=stretch.trace,
         )
