@@ -46,7 +46,7 @@ RINGS = [tracemalloc.Filter(False, PACKAGE + "/loop/history.py")]
 """The one fixed-capacity ring that fills with time, not with requests, left out of the growth
 check: the report's loop history (the last 300 s in one-second buckets) holds more each
 second until it has run for 300 s. A soak of a minute cannot tell its filling from a leak;
-tests/test_history.py runs its clock past the window instead. Everything else stallwatch
+tests/loop/test_history.py runs its clock past the window instead. Everything else stallwatch
 allocates must be flat once warm (the timeline keeps no ring: the totals it copies live only
 as long as the requests that pinned them)."""
 KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}

@@ -40,7 +40,7 @@ from stallwatch.stall.sampling import (
     resolve_in_app,
 )
 
-FAKE_SITE = Path(__file__).parent / "fakelib" / "site-packages"
+FAKE_SITE = Path(__file__).parent.parent / "fakelib" / "site-packages"
 FAKEDEEP = str(FAKE_SITE / "fakedeep" / "__init__.py")
 LONG = 10.0
 """Upper bound on any wait, far above what a loaded machine needs."""
