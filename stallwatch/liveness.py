@@ -18,7 +18,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
+
+from .events import Frame
+from .stall.location import frame_text
 
 PATH = "/livez"
 
@@ -72,13 +75,79 @@ _HEADERS = [
 ]
 
 
+class _Sampler(Protocol):
+    @property
+    def thread_id(self) -> int: ...
+
+    def sample(self) -> tuple[tuple[str, int, str], ...] | None: ...
+
+    def top_frame(self, frames: Any) -> Frame | None: ...
+
+
+class Watched(Protocol):
+    """What ``read_monitor`` needs of a ``LoopMonitor``."""
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def loop(self) -> Any: ...
+
+    @property
+    def stall_threshold(self) -> float: ...
+
+    @property
+    def sampler(self) -> _Sampler | None: ...
+
+    @property
+    def timeline(self) -> Any: ...
+
+    def held_since(self) -> float | None: ...
+
+    def recent_lag(self) -> float: ...
+
+
+def read_monitor(monitor: Watched | None, now: float, *, detail: bool) -> LoopReading:
+    """The reading of a monitor, from the off-loop server's thread. With ``detail``, while a
+    stall is in progress, who holds the loop: the route of the request whose step runs and
+    the application's line, from the loop thread's stack as it is now."""
+    if monitor is None or not monitor.running or not monitor.loop.is_running():
+        return LoopReading(running=False, held_for=0.0, lag=0.0)
+    since = monitor.held_since()
+    held_for = 0.0 if since is None else max(0.0, now - since)
+    culprit = line = None
+    sampler = monitor.sampler
+    if detail and held_for >= monitor.stall_threshold and sampler is not None:
+        culprit = _route_in_progress(getattr(monitor.timeline, "running", None))
+        stack = sampler.sample()
+        top = sampler.top_frame([Frame(*raw) for raw in stack]) if stack else None
+        line = frame_text(top) if top is not None else None
+    return LoopReading(True, held_for, monitor.recent_lag(), culprit, line)
+
+
+def _route_in_progress(running: Any) -> str | None:
+    """The route of the request whose step the loop runs now (``Timeline.running``).
+
+    Read from another thread while the loop thread is held in the app's code, so the span
+    does not change under us. A request is usually named when it ends; naming it now calls
+    the route resolver from this thread, which only reads the scope (and whose errors the
+    middleware's wrapper contains), and fixes the name the loop thread would have chosen.
+    """
+    if running is None:
+        return None
+    try:
+        return str(running.route or running.victim_label())
+    except Exception:
+        return None
+
+
 class Liveness:
-    """Answers ``/livez`` for the off-loop server; ``read`` is called once per request, on
-    the server's thread, and must not need the loop."""
+    """Answers ``/livez`` for the off-loop server; ``read(detail)`` is called once per
+    request, on the server's thread, and must not need the loop."""
 
     def __init__(
         self,
-        read: Callable[[], LoopReading],
+        read: Callable[[bool], LoopReading],
         timeout: float,
         may_see_detail: Callable[[Mapping[str, str], str | None], bool],
     ) -> None:
@@ -110,14 +179,14 @@ class Liveness:
                 reply,
             )
         try:
-            reading = self._read()
-        except Exception:
-            # A monitor between start and stop (or broken): nothing that says "alive".
-            reading = LoopReading(running=False, held_for=0.0, lag=0.0)
-        try:
             detail = self._may_see_detail(headers, client_host)
         except Exception:
             detail = False
+        try:
+            reading = self._read(detail)
+        except Exception:
+            # A monitor between start and stop (or broken): nothing that says "alive".
+            reading = LoopReading(running=False, held_for=0.0, lag=0.0)
         alive, _ = verdict(reading, self.timeout)
         payload = json.dumps(body(reading, self.timeout, detail=detail), separators=(",", ":"))
         data = (payload + "\n").encode()

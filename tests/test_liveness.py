@@ -66,7 +66,7 @@ def loopback_only(headers: Mapping[str, str], client: str | None) -> bool:
 
 def test_respond() -> None:
     readings = [LoopReading(True, 0.0, 0.002), HELD]
-    livez = Liveness(lambda: readings.pop(0), 1.0, loopback_only)
+    livez = Liveness(lambda detail: readings.pop(0), 1.0, loopback_only)
     assert livez.handles(PATH)
     assert not livez.handles("/livez/")
     status, headers, data = livez.respond("GET", PATH, {}, "10.0.0.7")
@@ -80,7 +80,7 @@ def test_respond() -> None:
 
 
 def test_head_and_other_methods() -> None:
-    livez = Liveness(lambda: HELD, 1.0, loopback_only)
+    livez = Liveness(lambda detail: HELD, 1.0, loopback_only)
     status, headers, data = livez.respond("HEAD", PATH, {}, None)
     assert (status, data) == (503, b"")
     assert int(dict(headers)["Content-Length"]) > 0
@@ -90,7 +90,7 @@ def test_head_and_other_methods() -> None:
 
 
 def test_a_reading_that_fails_is_not_alive() -> None:
-    def broken() -> LoopReading:
+    def broken(detail: bool) -> LoopReading:
         raise RuntimeError("the monitor is not started")
 
     def refuses(headers: Mapping[str, str], client: str | None) -> bool:
