@@ -28,9 +28,11 @@ from stallwatch.pools.readings import (
     MAX_ROUTES,
     OTHER,
     PoolReading,
+    RouteWait,
     capacity_of,
     default_executor_size,
     idle_threads,
+    pools_view,
     route_label,
     threads_during,
     tokens,
@@ -481,3 +483,20 @@ def test_anyio_limiter_of_two_the_waiting_gauge_and_the_wait_histogram_agree() -
     )
     assert abs(integral - total) <= 0.1 * total + 0.05, (integral, total)
     assert samples[-1][1:] == (0.0, 0.0, 2.0)
+
+
+def test_the_reports_view_ranks_routes_by_their_waiting() -> None:
+    readings = (PoolReading(DEFAULT, 1, 3, 1), PoolReading(ANYIO, 0, 0, None))
+    routes = {
+        DEFAULT: {
+            "/a": RouteWait(jobs=2, wait=0.04, longest_wait=0.03, run=0.04),
+            "/b": RouteWait(jobs=1, wait=0.5, longest_wait=0.5, run=0.02),
+        }
+    }
+    [default, anyio_pool] = pools_view(readings, routes)
+    assert (default["busy"], default["idle"], default["waiting"]) == (1, 0, 3)
+    assert [r["route"] for r in default["routes"]] == ["/b", "/a"]
+    assert default["routes"][1]["mean_wait"] == pytest.approx(0.02)
+    assert anyio_pool == {
+        "pool": ANYIO, "busy": 0, "idle": None, "capacity": None, "waiting": 0, "routes": []
+    }  # fmt: skip

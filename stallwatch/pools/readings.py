@@ -6,8 +6,9 @@ threads (``tests/test_pools.py``).
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 DEFAULT = "default"
 """The loop's default executor: ``run_in_executor(None, ...)``, ``asyncio.to_thread``."""
@@ -107,3 +108,40 @@ def tokens(total: object) -> int | None:
     if total != total or total == float("inf") or total < 0:  # NaN, unlimited
         return None
     return int(total)
+
+
+ROUTES_SHOWN = 12
+"""Routes per pool in the report, most waited first."""
+
+
+def pools_view(
+    readings: Sequence[PoolReading], routes: Mapping[str, Mapping[str, RouteWait]]
+) -> list[dict[str, Any]]:
+    """The report's "thread pools" section as JSON: each pool now, and the routes whose work
+    waited longest in it (all the waiting together) since the monitor started."""
+    view = []
+    for reading in readings:
+        waits = sorted(
+            routes.get(reading.pool, {}).items(), key=lambda kv: kv[1].wait, reverse=True
+        )
+        view.append(
+            {
+                "pool": reading.pool,
+                "busy": reading.busy,
+                "idle": reading.idle,
+                "capacity": reading.capacity,
+                "waiting": reading.waiting,
+                "routes": [
+                    {
+                        "route": route,
+                        "jobs": wait.jobs,
+                        "mean_wait": wait.mean_wait,
+                        "longest_wait": wait.longest_wait,
+                        "wait": wait.wait,
+                        "run": wait.run,
+                    }
+                    for route, wait in waits[:ROUTES_SHOWN]
+                ],
+            }
+        )
+    return view
