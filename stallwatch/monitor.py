@@ -202,6 +202,7 @@ class LoopMonitor:
                 show_stall=self.metrics.stall_in_progress.set,
                 loop_closed=self.stop,
                 running=lambda: timeline.running,
+                step_began=lambda: timeline.step_began,
                 stretch_id=lambda: timeline.stretch_id,
             ),
             sampler,

@@ -511,3 +511,82 @@ def test_samples_are_charged_to_the_request_background_or_wait_for_a_name() -> N
     assert sampler.waiting == 0
     assert "/named/late" in {r.route for r in p.snapshot().routes}
     assert sampler.taken == 4
+
+
+# -- end to end: a real server, known blocks, the profile held to the truth --------------------
+
+
+def drive(base: str, seconds: float, workers: int = 2) -> int:
+    """Requests to ``/a`` and ``/b`` with blocks of 1 to 3 ms, from ``workers`` threads, for
+    ``seconds``; returns how many were answered."""
+    import random
+    import threading
+    import time
+
+    import httpx
+
+    done = [0] * workers
+    stop = time.monotonic() + seconds
+
+    def work(i: int) -> None:
+        rng = random.Random(i)
+        with httpx.Client(base_url=base, timeout=10.0) as client:
+            while time.monotonic() < stop:
+                path = "/a" if rng.random() < 0.5 else "/b"
+                client.get(path, params={"ms": f"{rng.uniform(1.0, 3.0):.2f}"}).raise_for_status()
+                done[i] += 1
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done)
+
+
+def test_known_short_blocks_in_two_routes_and_a_child_task_give_their_true_shares() -> None:
+    import httpx
+
+    from tests.servers import uvicorn
+
+    with uvicorn("tests.apps.profile_app:app", env={"SW_PROFILE_RATE": "200"}) as base:
+        answered = drive(base, 8.0)
+        truth = httpx.get(base + "/truth").json()
+        view = httpx.get(base + "/_stallwatch/api/profile", params={"window": 300}).json()
+        text = httpx.get(base + "/_stallwatch/api/profile", params={"format": "folded"}).text
+    assert answered > 200
+    assert view["available"] is True
+    covered, period = view["covered"], view["period"]
+    assert period == pytest.approx(1 / 200)
+    lines: dict[int, tuple[str, float]] = {}
+    for route in view["routes"]:
+        for line in route["lines"]:
+            if line["file"] == truth["file"]:
+                lines[line["line"]] = (route["route"], line["samples"] * period)
+    report = {
+        name: (lines.get(number), truth["seconds"][name]) for name, number in truth["lines"].items()
+    }
+    for name, route in (("a", "/a"), ("b", "/b"), ("child", "/b")):
+        found, seconds = report[name]
+        assert found is not None, report
+        assert found[0] == route, report  # the child task's line is its request's route
+        share, true_share = found[1] / covered, seconds / covered
+        assert true_share > 0.05, report  # the test means something
+        assert abs(share - true_share) < 0.05, (name, share, true_share, report)
+    # Each line is filed once: no marked line under another route.
+    assert len(lines) == 3, lines
+    # The folded stacks say the same: one root per route, counts summing to the samples.
+    parsed = parse_folded(text)
+    roots = {frames[0] for frames, _ in parsed}
+    assert {"/a", "/b"} <= roots
+    assert sum(n for _, n in parsed) >= view["samples"]
+    child = [frames for frames, _ in parsed if frames[-1].startswith("child (")]
+    assert child
+    assert all(frames[0] == "/b" for frames in child)
+    hints_seen = {
+        line["hint"]["kind"]
+        for route in view["routes"]
+        for line in route["lines"]
+        if line["file"] == truth["file"] and line["hint"]
+    }
+    assert hints_seen == {"sleep"}

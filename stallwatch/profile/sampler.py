@@ -20,6 +20,7 @@ Threads: everything but ``name_pending`` runs on the watchdog thread.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
@@ -36,6 +37,8 @@ RawStack = tuple[tuple[str, int, str], ...]
 PENDING = 4096
 """Samples that wait for their request's name at most; past that the oldest is charged to
 ``<unmatched>`` (only a flood of requests that live long unnamed gets there)."""
+LATENESS_KEPT = 64
+"""Idle wake-ups whose lateness the OS latency estimate is the median of."""
 NAME_AFTER = 1.0
 """Seconds a sample waits for its request to be named before the loop thread is asked to."""
 
@@ -81,6 +84,10 @@ class ProfileSampler:
         self._to_name: dict[int, Payer] = {}
         self.taken = 0
         """Samples filed so far (with a stack or without)."""
+        self._idle_lateness: deque[float] = deque(maxlen=LATENESS_KEPT)
+        self.latency = 0.0
+        """How late the watchdog typically wakes when nothing holds the GIL (the median of
+        the last wake-ups that found the loop polling): the OS's share of any lateness."""
 
     # -- the schedule ------------------------------------------------------------------------
 
@@ -89,6 +96,19 @@ class ProfileSampler:
         ``now`` (moments missed while the watchdog was held off are not made up)."""
         missed = max(0, math.floor((now - self.due) / self.period))
         self.due += (missed + 1) * self.period
+
+    def woke_idle(self, late: float) -> None:
+        """A moment found the loop polling, so the GIL was free: ``late`` seconds after the
+        moment is how late the OS alone woke the watchdog."""
+        kept = self._idle_lateness
+        kept.append(late)
+        if len(kept) % 8 == 0 or len(kept) < 8:
+            self.latency = sorted(kept)[len(kept) // 2]
+
+    def moment(self, due: float) -> float:
+        """When a wake-up due at ``due`` really looked at the loop, but for waiting on the
+        GIL: the grid shifted by the OS's lateness is as fair a set of moments as the grid."""
+        return due + self.latency
 
     # -- filing ------------------------------------------------------------------------------
 

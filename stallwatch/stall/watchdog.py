@@ -78,6 +78,8 @@ class WatchdogLinks:
     """The loop was closed under a running monitor: stop watching."""
     running: Callable[[], Payer | None] = lambda: None
     """The request whose step runs now, None for none (the profile charges it)."""
+    step_began: Callable[[], float] = lambda: 0.0
+    """When the innermost timed step in progress began (perf_counter)."""
     stretch_id: Callable[[], int] = lambda: 0
     """The number of the stretch in progress; a stretch's stall (if it was one) has been
     handed over before the number moves on."""
@@ -227,14 +229,25 @@ class Watchdog:
             return False
         profiler.advance(now)
         profiler.settle(now)
-        if since is None or not self._links.loop.is_running():
-            return False  # idle (or stopped) at the moment: no sample
+        if since is None or since >= now:
+            # Polling (uvloop's reader counts a poll in progress as the stretch to come), so
+            # the GIL was free: the lateness is the OS's alone. An idle loop takes no sample.
+            profiler.woke_idle(now - due)
+            return False
+        if not self._links.loop.is_running():
+            return False
         payer = self._links.running()
         if now - due > self.max_late:
-            # Held off: the loop thread kept the GIL past the moment (a native call). If
-            # that stretch still runs, the loop was busy then: count it, name no line.
-            if since <= due:
-                profiler.add(now, None, payer)
+            # Held off: the loop thread kept the GIL past the moment (a native call); the
+            # loop was busy then, as this stretch still runs: count it, name no line.
+            profiler.add(now, None, payer)
+            return False
+        if payer is not None and self._links.step_began() > profiler.moment(due):
+            # The step running now began after the moment: then the loop thread ran other
+            # Python code and kept the GIL, and the watchdog got it only where this step let
+            # it go (a blocking call). Naming this step's line would charge it with time that
+            # was not its own: count the moment, name neither line nor request.
+            profiler.add(now, None, None)
             return False
         stack = self._sample(now, probe=False, stretch=stretch)
         if stack is None:
