@@ -13,6 +13,8 @@ that ``uvicorn demo_app.app:app`` (and gunicorn) can serve it directly:
 - ``DEMO_EXECUTOR_THREADS``: size of the executor mode's thread pool (default 1)
 - ``DEMO_SEED_ROWS``: rows seeded, i.e. the cost of one read (default 100000, about 2 ms)
 - ``DEMO_STALL_THRESHOLD``: stallwatch's stall threshold in seconds (default 0.02)
+- ``OTEL_TRACES_EXPORTER``, ``OTEL_METRICS_EXPORTER`` (``console``, ``otlp``): OpenTelemetry on,
+  with those exporters (``otel.py``)
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from .cache import (
     read_in_executor,
 )
 from .front import front_page
+from .otel import configure, fastapi_options, instrument
 
 __all__ = ["DEFAULT_EXECUTOR_THREADS", "MODES", "Mode", "app", "create_app", "settings_from_env"]
 
@@ -124,7 +127,12 @@ def create_app(
         finally:
             await asyncio.to_thread(cache.close)
 
-    app = FastAPI(title="stallwatch demo", lifespan=lifespan)
+    # OpenTelemetry when OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER ask for it (otel.py).
+    telemetry = configure()
+    untraced = ("/metrics", REPORT_PATH)
+    app = FastAPI(
+        title="stallwatch demo", lifespan=lifespan, **fastapi_options(telemetry, untraced)
+    )
     app.state.demo = state
     app.state.cache = cache
 
@@ -213,7 +221,10 @@ def create_app(
         # Installed from a wheel the demo lives in site-packages under stallwatch/, both of
         # which stallwatch skips when it looks for the application's line: not this package.
         in_app_include=(__package__ or "demo_app",),
+        opentelemetry=telemetry,
     )
+    if telemetry:
+        instrument(app, untraced)
     return app
 
 

@@ -145,7 +145,7 @@ def test_the_dashboard_has_the_panels_the_issue_asks_for() -> None:
 def test_compose_and_provisioning_load_the_dashboard_from_these_files() -> None:
     compose = yaml.safe_load((GRAFANA / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"demo", "prometheus", "grafana"}
+    assert set(services) == {"demo", "prometheus", "grafana", "tempo"}
     for name, service in services.items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
@@ -155,6 +155,7 @@ def test_compose_and_provisioning_load_the_dashboard_from_these_files() -> None:
     # Prometheus and Grafana live in the demo's network namespace: 127.0.0.1 is shared.
     assert services["prometheus"]["network_mode"] == services["grafana"]["network_mode"]
     assert services["grafana"]["network_mode"] == "service:demo"
+    assert services["tempo"]["network_mode"] == "service:demo"
 
     provisioning = GRAFANA / "provisioning"
     [datasource] = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[

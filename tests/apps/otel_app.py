@@ -95,11 +95,11 @@ if os.environ.get("SW_BASEHTTP") == "inside":
 
 served: Any
 if POSITION == "inside":
-    app.add_middleware(StallwatchMiddleware, **OPTIONS)
+    app.add_middleware(StallwatchMiddleware, **OPTIONS)  # type: ignore[arg-type]
     FastAPIInstrumentor.instrument_app(app, excluded_urls=EXCLUDED)
     served = app
 elif POSITION == "native":
-    app.add_middleware(StallwatchMiddleware, **OPTIONS)
+    app.add_middleware(StallwatchMiddleware, **OPTIONS)  # type: ignore[arg-type]
     served = app
 else:
     served = StallwatchMiddleware(OpenTelemetryMiddleware(app, excluded_urls=EXCLUDED), **OPTIONS)
@@ -144,14 +144,25 @@ async def clock() -> dict[str, float]:
     return {"now": asyncio.get_running_loop().time()}
 
 
+GATES: dict[float, list[asyncio.Future[None]]] = {}
+
+
 async def wait_until(at: float) -> None:
-    """Resume at the loop time ``at`` exactly: two requests waiting for the same ``at`` wake
-    in the same iteration of the loop, the first to wait first, so the second runs (and
-    ends) inside the stall the first one causes."""
+    """Resume at the loop time ``at``: requests waiting for the same ``at`` are woken by one
+    callback, in the order they began to wait, so they run in the same iteration of the loop
+    in that order, and the second ends inside the stall the first one causes."""
     loop = asyncio.get_running_loop()
     woken = loop.create_future()
-    loop.call_at(at, woken.set_result, None)
+    waiting = GATES.setdefault(at, [])
+    if not waiting:
+        loop.call_at(at, _open_gate, at)
+    waiting.append(woken)
     await woken
+
+
+def _open_gate(at: float) -> None:
+    for woken in GATES.pop(at):
+        woken.set_result(None)
 
 
 @app.get("/block/callback")
@@ -170,7 +181,8 @@ async def state() -> dict[str, object]:
         context = event.trace
         described["span_id"] = f"{context.span_id:016x}" if context is not None else None  # type: ignore[attr-defined]
         stalls.append(described)
-    return {"waiting": STATE.waiting, "stalls": stalls, "probe": common.probe()}
+    gated = sum(len(waiting) for waiting in GATES.values())
+    return {"waiting": STATE.waiting, "gated": gated, "stalls": stalls, "probe": common.probe()}
 
 
 def _span(span: ReadableSpan) -> dict[str, Any]:
