@@ -33,9 +33,9 @@ CORE_IMPORTS = {"prometheus_client"}
 """Third-party packages stallwatch itself imports: its declared dependencies."""
 DEMO_IMPORTS = {"fastapi", "pydantic", "uvicorn", "aiohttp"}
 """...and those the demo imports, from the ``demo`` extra (pydantic comes with FastAPI)."""
-OPTIONAL = {"uvloop", "pytest"}
+OPTIONAL = {"uvloop", "pytest", "opentelemetry"}
 """Imported only where present: uvloop behind ``ImportError`` guards, pytest by the pytest
-plugin, which only pytest loads."""
+plugin, which only pytest loads, OpenTelemetry (the ``otel`` extra) only when asked for."""
 
 
 @pytest.fixture(scope="module")
