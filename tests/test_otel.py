@@ -11,6 +11,7 @@ exemplar storage on, scrapes the app in the last test.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import os
@@ -28,6 +29,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -280,11 +282,11 @@ def only(spans: list[dict[str, Any]], **match: Any) -> dict[str, Any]:
     return found[0]
 
 
-def start_server(tmp: Path, **env: str) -> Iterator[OtelServer]:
+def start_server(tmp: Path, loop: str = "asyncio", **env: str) -> Iterator[OtelServer]:
     env = {"SW_STALL_THRESHOLD": "0.1", "SW_STATE_DIR": str(tmp), **env}
     with uvicorn(
         "tests.apps.otel_app:served",
-        args=("--loop", "asyncio"),
+        args=("--loop", loop),
         env=env,
         ready_path="/_test/state",
     ) as base:
@@ -302,19 +304,27 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OtelServer]:
     yield from start_server(tmp_path_factory.mktemp("otel"), SW_METRICS_PORT=str(free_port()))
 
 
-@pytest.fixture(scope="module", params=["inside", "outside", "native"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        ("inside", "asyncio"),
+        ("outside", "asyncio"),
+        ("native", "asyncio"),
+        ("inside", "uvloop"),
+    ],
+    ids=["inside", "outside", "native", "inside-uvloop"],
+)
 def placed(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OtelServer]:
     """Each place stallwatch can have beside the tracing: inside the OpenTelemetry middleware,
-    outside it, inside FastAPI's own telemetry (where this FastAPI has it)."""
-    if request.param == "native":
-        from tests.apps.otel_app import NATIVE
-
-        if not NATIVE:
-            pytest.skip("this FastAPI has no telemetry of its own")
+    outside it, inside FastAPI's own telemetry (where this FastAPI has it); and uvloop."""
+    position, loop = request.param
+    # Not by importing the app here: it sets the global providers, for every later test.
+    if position == "native" and "telemetry" not in inspect.signature(FastAPI).parameters:
+        pytest.skip("this FastAPI has no telemetry of its own")
     yield from start_server(
-        tmp_path_factory.mktemp("otel"), SW_BASEHTTP="inside", SW_OTEL_POSITION=request.param
+        tmp_path_factory.mktemp("otel"), loop, SW_BASEHTTP="inside", SW_OTEL_POSITION=position
     )
 
 
