@@ -22,13 +22,6 @@ ROOT = Context()
 """An empty context: a span started in it is the root of a new trace."""
 
 
-def current_server_span() -> ServerSpan | None:
-    """The span of the context the request arrived in, when it has a valid context (the
-    OpenTelemetry ASGI middleware outside stallwatch made it current), else None."""
-    span = trace.get_current_span()
-    return ServerSpan(span) if span.get_span_context().is_valid else None
-
-
 class ServerSpan:
     """A request's server span, as its record keeps it (``RequestSpan.trace``).
 
@@ -43,6 +36,13 @@ class ServerSpan:
         self.context: SpanContext = span.get_span_context()
         self.annotated = False
         """Set once stallwatch's attributes and links are on the span: they go on once."""
+
+
+def current_server_span() -> ServerSpan | None:
+    """The span of the context the request arrived in, when it has a valid context (the
+    OpenTelemetry ASGI middleware outside stallwatch made it current), else None."""
+    span = trace.get_current_span()
+    return ServerSpan(span) if span.get_span_context().is_valid else None
 
 
 def context_of(trace: object) -> SpanContext | None:
