@@ -134,8 +134,14 @@ class RequestTelemetry:
         context = server.context if server is not None else None
         labels = exemplar(context)
         try:
-            if server is not None and not server.annotated:
-                self._annotate(request, server, request.ended, request.longest, frozen or {}, 0.0)
+            if server is not None:
+                if not server.annotated:
+                    self._annotate(
+                        request, server, request.ended, request.longest, frozen or {}, 0.0
+                    )
+                # The record outlives the request (until the loop polls, or its tasks end):
+                # it keeps the span's context, not the span and all it holds.
+                server.span = trace.INVALID_SPAN
             attributes, by_route = self._labels(method, route, status)
             meters = self.meters
             traced: Context | None = parent_context(context) if labels is not None else None

@@ -25,8 +25,9 @@ ROOT = Context()
 class ServerSpan:
     """A request's server span, as its record keeps it (``RequestSpan.trace``).
 
-    The span, to set attributes and links on it before it ends; its context, read once,
-    for the stall it may cause and the exemplars of its metrics, after it ended too.
+    The span, to set attributes and links on it before it ends (let go of when the request
+    ends); its context, read once, for the stall it may cause and the exemplars of its
+    metrics, after it ended too.
     """
 
     __slots__ = ("annotated", "context", "span")
