@@ -1,4 +1,5 @@
-"""The ``stallwatch`` console script: ``stallwatch report URL`` and ``stallwatch demo``.
+"""The ``stallwatch`` console script: ``stallwatch report URL``, ``stallwatch profile URL`` and
+``stallwatch demo``.
 
 Exit codes, as scripts expect them: 0 when the command did its job, 2 when it could not
 (a service that is unreachable, refuses, or does not answer with a report; a usage error, as
@@ -18,6 +19,8 @@ import urllib.request
 from collections.abc import Sequence
 from importlib import import_module, metadata
 from typing import Any
+
+from .profile.view import profile_text
 
 EXIT_OK = 0
 EXIT_FAILED = 2
@@ -98,6 +101,50 @@ def parser() -> argparse.ArgumentParser:
         help="how long to wait for the answer (default: %(default)s)",
     )
 
+    profile = commands.add_parser(
+        "profile",
+        help="print where a running service's loop time goes, by route and line",
+        description="Print the lines that hold a running service's event loop, by route, read "
+        "from its loop profile (StallwatchMiddleware(report=True)); with --folded, write the "
+        "folded stacks that flamegraph.pl and speedscope read.",
+        epilog=f"The token may also come from ${TOKEN_ENV}. Exit status: 0 the profile was "
+        "read, 2 the service was unreachable, refused, or did not answer with a profile.",
+    )
+    profile.add_argument(
+        "url", metavar="URL", help="the service's base URL, e.g. http://127.0.0.1:8000"
+    )
+    profile.add_argument(
+        "--token", help=f"bearer token, when the service sets report_token (default: ${TOKEN_ENV})"
+    )
+    profile.add_argument(
+        "--path", default="/_stallwatch", help="the service's report_path (default: %(default)s)"
+    )
+    profile.add_argument(
+        "--window",
+        type=_window,
+        default=300.0,
+        metavar="SECONDS",
+        help="the last SECONDS of the profile (default: %(default)s)",
+    )
+    output = profile.add_mutually_exclusive_group()
+    output.add_argument(
+        "--folded", action="store_true", help="write folded stacks (flamegraph.pl, speedscope)"
+    )
+    output.add_argument("--json", action="store_true", help="print the JSON as served")
+    profile.add_argument(
+        "--top", type=_positive, default=10, metavar="N", help="routes to show (default: 10)"
+    )
+    profile.add_argument(
+        "--lines", type=_positive, default=5, metavar="N", help="lines per route (default: 5)"
+    )
+    profile.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for the answer (default: %(default)s)",
+    )
+
     commands.add_parser(
         "demo",
         help="run the demo service (its options: stallwatch demo --help)",
@@ -112,12 +159,27 @@ def parser() -> argparse.ArgumentParser:
 
 def summary_url(base: str, path: str) -> str:
     """``{base}{path}/api/summary``; a base without a scheme is taken as ``http://``."""
+    return api_url(base, path, "summary")
+
+
+def api_url(base: str, path: str, name: str) -> str:
+    """``{base}{path}/api/{name}``; a base without a scheme is taken as ``http://``."""
     base = base.strip()
     if "://" not in base:
         base = "http://" + base
     if not path.startswith("/"):
         path = "/" + path
-    return base.rstrip("/") + path.rstrip("/") + "/api/summary"
+    return base.rstrip("/") + path.rstrip("/") + "/api/" + name
+
+
+def _window(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 86_400:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 86400, got {value}")
+    return value
 
 
 _REFUSALS = {
@@ -128,13 +190,38 @@ _REFUSALS = {
 
 
 def fetch(url: str, token: str | None, timeout: float) -> dict[str, Any]:
-    headers = {"Accept": "application/json", "User-Agent": f"stallwatch/{_version()}"}
+    data = _json(url, _get(url, token, timeout))
+    if not isinstance(data.get("groups"), list):
+        raise Failure(f"{url} did not answer with a stall summary: is it a stallwatch report?")
+    return data
+
+
+def fetch_profile(url: str, token: str | None, timeout: float) -> dict[str, Any]:
+    """The loop profile's JSON (``api/profile``)."""
+    data = _json(url, _get(url, token, timeout))
+    if not isinstance(data.get("routes"), list):
+        raise Failure(f"{url} did not answer with a loop profile: is it a stallwatch report?")
+    return data
+
+
+def _json(url: str, body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise Failure(f"{url} did not answer with JSON: is it a stallwatch report?") from None
+    if not isinstance(data, dict):
+        raise Failure(f"{url} did not answer with a stallwatch report")
+    return data
+
+
+def _get(url: str, token: str | None, timeout: float, accept: str = "application/json") -> bytes:
+    headers = {"Accept": accept, "User-Agent": f"stallwatch/{_version()}"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            body = response.read()
+            body: bytes = response.read()
     except urllib.error.HTTPError as exc:
         hint = _REFUSALS.get(exc.code, "the service did not answer with its report")
         raise Failure(f"{url} answered {exc.code} {exc.reason}: {hint}") from None
@@ -142,13 +229,7 @@ def fetch(url: str, token: str | None, timeout: float) -> dict[str, Any]:
         raise Failure(f"cannot reach {url}: {_reason(exc.reason)}") from None
     except (OSError, http.client.HTTPException, ValueError) as exc:
         raise Failure(f"cannot reach {url}: {_reason(exc)}") from None
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise Failure(f"{url} did not answer with JSON: is it a stallwatch report?") from None
-    if not isinstance(data, dict) or not isinstance(data.get("groups"), list):
-        raise Failure(f"{url} did not answer with a stall summary: is it a stallwatch report?")
-    return data
+    return body
 
 
 def _reason(reason: object) -> str:
@@ -215,23 +296,56 @@ def table(groups: list[dict[str, Any]]) -> str:
 
 def run_report(args: argparse.Namespace) -> int:
     url = summary_url(args.url, args.path)
-    data = fetch(url, args.token or os.environ.get(TOKEN_ENV) or None, args.timeout)
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    data = fetch(url, token, args.timeout)
     groups = [g for g in data["groups"] if isinstance(g, dict)]
     offenders = [g for g in groups if not g.get("allowed")][: args.top]
     allowed = [g for g in groups if g.get("allowed")][: args.top]
+    profile = _optional_profile(api_url(args.url, args.path, "profile"), token, args.timeout)
     if args.json:
-        print(json.dumps({**data, "url": url, "groups": offenders + allowed}, indent=2))
+        found = {**data, "url": url, "groups": offenders + allowed}
+        print(json.dumps({**found, "profile": profile}, indent=2))
         return EXIT_OK
     count = data.get("stalls", len(groups))
     print(f"{url}: {count} stall{'' if count == 1 else 's'} kept")
     if not groups:
         print("no stalls recorded: the loop was not held past the stall threshold")
-        return EXIT_OK
     if offenders:
         print(table(offenders))
     if allowed:
         print("\nallowed (inside stallwatch.allow_blocking()):")
         print(table(allowed))
+    if profile is not None:
+        print()
+        print(profile_text(profile, routes=args.top))
+    return EXIT_OK
+
+
+def _optional_profile(url: str, token: str | None, timeout: float) -> dict[str, Any] | None:
+    """The profile beside the stalls, or None from a service too old to keep one."""
+    try:
+        return fetch_profile(url, token, timeout)
+    except Failure:
+        return None
+
+
+# -- profile ---------------------------------------------------------------------------------
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    url = api_url(args.url, args.path, "profile")
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    window = f"window={args.window:g}"
+    if args.folded:
+        body = _get(f"{url}?{window}&format=folded", token, args.timeout, "text/plain")
+        sys.stdout.write(body.decode("utf-8", "replace"))
+        return EXIT_OK
+    data = fetch_profile(f"{url}?{window}", token, args.timeout)
+    if args.json:
+        print(json.dumps({**data, "url": url}, indent=2))
+        return EXIT_OK
+    print(f"{url}:")
+    print(profile_text(data, routes=args.top, lines=args.lines))
     return EXIT_OK
 
 
@@ -260,6 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "report":
             return run_report(args)
+        if args.command == "profile":
+            return run_profile(args)
         return run_demo(list(args.args))
     except Failure as failure:
         print(f"stallwatch: {failure}", file=sys.stderr)

@@ -40,6 +40,8 @@ from stallwatch.profile.stacks import OTHER_ROUTES, PROFILE_DEPTH, ShortPaths, f
 from stallwatch.profile.view import held_longest, held_longest_text
 from stallwatch.stall.sampling import OMITTED
 
+pytest_plugins = ["pytester"]
+
 STDLIB = sysconfig.get_paths()["stdlib"]
 SITE = "/srv/venv/lib/python3.11/site-packages"
 
@@ -151,6 +153,21 @@ def test_a_route_shows_its_top_lines_and_one_other_row() -> None:
     assert [line.samples for line in route.lines] == [10, 9, 8, 7 + 6 + 5 + 4 + 3 + 2 + 1]
     assert route.lines[-1].location == OTHER_LINES
     assert route.samples == sum(range(1, 11))
+
+
+def test_a_line_that_turns_hot_late_in_a_full_route_is_counted_as_itself() -> None:
+    clock = Clock()
+    p = profile(clock, lines=2, span=86_400.0, bucket=86_400.0)  # one long bucket, as a session's
+    for i in range(2 * aggregate.KEEP_FACTOR + 5):  # the route fills with lines seen once
+        p.add("/r", Frame("/srv/app/cold.py", i, "f"), (SERVER,))
+    for _ in range(50):
+        p.add("/r", APP, (HANDLER, APP))
+    route = p.snapshot().routes[0]
+    assert route.lines[0].location == APP
+    assert route.lines[0].samples == 50
+    assert route.lines[0].stacks[0].count == 50
+    assert route.samples == 50 + 2 * aggregate.KEEP_FACTOR + 5  # nothing lost
+    assert route.lines[-1].location == OTHER_LINES
 
 
 def test_bounds_hold_under_many_routes_lines_and_stacks() -> None:
@@ -590,3 +607,102 @@ def test_known_short_blocks_in_two_routes_and_a_child_task_give_their_true_share
         if line["file"] == truth["file"] and line["hint"]
     }
     assert hints_seen == {"sleep"}
+
+
+# -- the pytest plugin ---------------------------------------------------------------------------
+
+PLUGIN_TESTS = """
+import asyncio
+import time
+
+
+def test_short_blocks() -> None:
+    async def main() -> None:
+        for _ in range(60):
+            time.sleep(0.006)  # the hot line
+            time.sleep(0.001)  # the cold line
+            await asyncio.sleep(0.002)
+
+    asyncio.run(main())
+
+
+def test_a_stall() -> None:
+    async def main() -> None:
+        time.sleep(0.2)  # the stall
+
+    asyncio.run(main())
+"""
+
+
+def test_the_plugin_prints_the_lines_that_held_the_loop_longest_and_a_fix(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pytester.makepyfile(test_loops=PLUGIN_TESTS)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "stallwatch",
+        "--stallwatch-profile", "3", "--stallwatch-max-stall-ms", "50",
+    )  # fmt: skip
+    result.assert_outcomes(passed=1, failed=1)
+    source = (pytester.path / "test_loops.py").read_text().splitlines()
+    hot, cold, stall = (
+        next(i for i, text in enumerate(source, 1) if needle in text)
+        for needle in ("# the hot line", "# the cold line", "# the stall")
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*stalled for * ms (blocking) at test_loops.py:*",
+            "*fix: time.sleep: `await asyncio.sleep(...)`",
+            "stallwatch: the lines that held the loop longest (* samples * all loops):",
+            # 60 x 6 ms, then the 200 ms stall (a stall's samples are profile samples too),
+            # then 60 x 1 ms; with the fix beside each.
+            f"* ms  test_loops.py:{hot} in main  (<background>)  -> time.sleep: *",
+            f"* ms  test_loops.py:{stall} in main  (<background>)  -> time.sleep: *",
+            f"* ms  test_loops.py:{cold} in main  (<background>)  -> time.sleep: *",
+        ]
+    )
+
+
+# -- where people look: the page, the CLI ----------------------------------------------------------
+
+
+def test_the_page_and_the_cli_show_each_routes_lines_with_their_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from stallwatch.cli import main
+    from tests.browser import chromium
+    from tests.servers import uvicorn
+
+    with uvicorn("tests.apps.profile_app:app") as base:
+        drive(base, 2.0, workers=1)
+        assert main(["profile", base, "--folded"]) == 0
+        folded_text = capsys.readouterr().out
+        assert main(["profile", base, "--lines", "2"]) == 0
+        table = capsys.readouterr().out
+        assert main(["report", base]) == 0
+        report = capsys.readouterr().out
+        assert main(["profile", base, "--path", "/nowhere"]) == 2
+        assert "404" in capsys.readouterr().err
+        with chromium("--window-size=1400,1600", console=True) as browser:
+            browser.get(f"{base}/_stallwatch/")
+            WebDriverWait(browser, 20).until(
+                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded")
+            )
+            rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#profile tbody tr")]
+            browser.save_screenshot(str(tmp_path / "profile.png"))
+            errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert parse_folded(folded_text)
+    assert any(
+        frames[0] == "/a" and "block_a (" in frames[-1] for frames, _ in parse_folded(folded_text)
+    )
+    assert "/a  " in table
+    assert "in block_a  -> time.sleep: `await asyncio.sleep(...)`" in table
+    assert "where the loop's time goes" in report
+    assert not errors, errors
+    assert any(r.startswith("/a ") for r in rows), rows
+    line = next(r for r in rows if "block_a" in r)
+    assert "time.sleep" in line
+    assert "asyncio.sleep" in line

@@ -7,9 +7,10 @@ and memory never depends on uptime or traffic. Every bucket is bounded on its ow
 
 - at most ``ROUTES_PER_BUCKET`` routes; later ones count as ``(other routes)``;
 - at most ``lines * KEEP_FACTOR`` lines per route and ``CELLS_PER_BUCKET`` (route, line) cells
-  in all; a line past either counts in its route's ``(other lines)`` row. A bucket keeps more
-  lines than a view shows, so that a line that is hot over the window but was late to appear
-  in one bucket is still counted as itself;
+  in all. A new line in a full route takes the place of the route's least sampled line,
+  whose samples move to the route's ``(other lines)`` row (in a bucket full of other routes'
+  lines, the new line's samples go there themselves). A bucket keeps more lines than a view
+  shows, so that a line that is hot over the window is counted as itself in every bucket;
 - at most ``STACKS_PER_LINE`` distinct stacks per line and ``STACKS_PER_BUCKET`` in all, each
   at most ``stacks.PROFILE_DEPTH`` frames; a sample whose stack is not kept still counts for
   its line (``unstacked``).
@@ -181,10 +182,11 @@ class LoopProfile:
             cell = lines.get(location)
             if cell is None:
                 if len(lines) >= self._line_cap or bucket.cells >= CELLS_PER_BUCKET:
-                    location = OTHER_LINES
-                    stack = None
-                    cell = lines.get(location)
-                if cell is None:
+                    cell = self._evict(bucket, lines, location)
+                    if cell is None:
+                        stack = None
+                        cell = self._other(bucket, lines)
+                else:
                     cell = lines[location] = _Cell()
                     bucket.cells += 1
             cell.count += count
@@ -206,6 +208,36 @@ class LoopProfile:
                 bucket.stacks += 1
             else:
                 cell.unstacked += count
+
+    @staticmethod
+    def _other(bucket: _Bucket, lines: dict[Location, _Cell]) -> _Cell:
+        cell = lines.get(OTHER_LINES)
+        if cell is None:
+            cell = lines[OTHER_LINES] = _Cell()
+            bucket.cells += 1
+        return cell
+
+    def _evict(
+        self, bucket: _Bucket, lines: dict[Location, _Cell], location: Location
+    ) -> _Cell | None:
+        """Make room for ``location`` in a full route: the route's least sampled line goes
+        into its ``(other lines)`` row, counts and all, so a line that turns hot late (in a
+        long bucket) is still counted as itself, and no sample is lost. None when the route
+        has no line to give up (the bucket is full of other routes' lines)."""
+        least: Location | None = None
+        fewest = 0
+        for known, cell in lines.items():
+            if known != OTHER_LINES and (least is None or cell.count < fewest):
+                least, fewest = known, cell.count
+        if least is None:
+            return None
+        gone = lines.pop(least)
+        bucket.stacks -= len(gone.stacks or ())
+        other = self._other(bucket, lines)  # the bucket's cells: one gone, at most one made
+        other.count += gone.count
+        other.unstacked += gone.count
+        cell = lines[location] = _Cell()
+        return cell
 
     def _share(self, stack: tuple[Frame, ...]) -> tuple[Frame, ...]:
         shared = self._shared.get(stack)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ..events import Frame
+from ..events import Frame, StallEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,3 +418,10 @@ def hint_for(
     if not text.strip():
         return None
     return _from_line(text, imports(top.filename))
+
+
+def event_hint(event: StallEvent) -> Hint | None:
+    """The hint for a stall: from its most frequent stack, whose top frame names its line."""
+    if not event.stacks or event.top_frame is None:
+        return None
+    return hint_for(event.stacks[0].frames, event.top_frame)

@@ -20,6 +20,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from ..events import StallEvent
+from ..options import MonitorOptions
+from ..profile import LoopProfile, held_longest_text, profile_view
 from .loops import LoopWatcher, TestClientRoutes
 from .verdicts import (
     DEFAULT_THRESHOLD,
@@ -59,7 +61,9 @@ class StallwatchPlugin:
         self.pending: list[StallEvent] = []
         self.outside: list[dict[str, Any]] = []
         self.registry = CollectorRegistry()  # never the user's default registry
-        if self.run_limit is not None or self.report_path is not None:
+        self.profile_top: int | None = config.getoption("stallwatch_profile")
+        self.profile: LoopProfile | None = None
+        if self.run_limit is not None or self.report_path is not None or self.profile_top:
             self.threshold = threshold_for([] if self.run_limit is None else [self.run_limit])
             self._watch()
 
@@ -98,6 +102,13 @@ class StallwatchPlugin:
         """Hook the loops now: from configure when an option asks (so that a uvloop the tests
         import is covered), else once collection has found a marker."""
         self.watcher = LoopWatcher(monitor_options(self.threshold, self.registry))
+        if self.profile_top:
+            # One profile for the session, every loop's samples in it; two day-long buckets
+            # cover any session (memory: one bucket's bounds, docs/profile.md).
+            self.profile = LoopProfile(
+                period=1.0 / MonitorOptions().profile_rate, span=2 * 86_400.0, bucket=86_400.0
+            )
+            self.watcher.profile = self.profile
         self.watcher.install()
 
     @pytest.hookimpl(hookwrapper=True)
@@ -211,6 +222,17 @@ class StallwatchPlugin:
         if self.report_path is not None:
             line += f"; report: {self.report_path}"
         terminalreporter.write_line(line)
+        if self.profile is not None and self.profile_top:
+            view = profile_view(self.profile.snapshot())
+            rows = held_longest_text(view, self.profile_top)
+            terminalreporter.write_line(
+                f"stallwatch: the lines that held the loop longest ({view['samples']} samples "
+                f"of the busy loop at {view['rate']:g}/s, all loops):"
+                if rows
+                else "stallwatch: no line held the loop long enough to be sampled"
+            )
+            for row in rows:
+                terminalreporter.write_line(row)
 
     def close(self) -> None:
         if self.routes is not None:
@@ -245,6 +267,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="FILE",
         default=None,
         help="write every stall seen, per test, to FILE as JSON at the end of the run",
+    )
+    group.addoption(
+        "--stallwatch-profile",
+        dest="stallwatch_profile",
+        metavar="N",
+        nargs="?",
+        const=10,
+        type=int,
+        default=None,
+        help="print the N lines (default 10) that held the event loop longest in the session",
     )
     parser.addini(
         "stallwatch_max_stall_ms",

@@ -21,6 +21,7 @@ from typing import Any
 from ..events import StallEvent
 from ..middleware import StallwatchMiddleware
 from ..monitor import LoopMonitor, get_monitor
+from ..profile import LoopProfile
 
 logger = logging.getLogger("stallwatch")
 
@@ -40,6 +41,9 @@ class LoopWatcher:
         self._hooked: Callable[[asyncio.AbstractEventLoop | None], None] | None = None
         self.loops = 0
         self.errors = 0
+        self.profile: LoopProfile | None = None
+        """When set, every monitor started here files its loop profile in this one (the
+        session's), so the profile outlives the loops."""
 
     def install(self) -> None:
         original = asyncio.events._set_running_loop
@@ -73,6 +77,8 @@ class LoopWatcher:
             if get_monitor(loop) is not None:
                 return  # ours from an earlier run, or the app's own
             monitor = LoopMonitor(loop, **self.options)
+            if self.profile is not None and monitor.profile is not None:
+                monitor.profile = self.profile
             if monitor.start():
                 with self._lock:
                     self._monitors.append(monitor)

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from ..events import BACKGROUND, Frame, StallEvent
+from ..profile.hints import event_hint
 from ..stall.location import NO_STACK, frame_text, location
 
 DEFAULT_THRESHOLD = 0.020
@@ -135,6 +136,9 @@ def describe(event: StallEvent, limit: float, root: Path, phase: str) -> str:
 def failure_text(over: Sequence[StallEvent], limit: float, root: Path, phase: str) -> str:
     worst = max(over, key=lambda e: e.duration)
     lines = [describe(worst, limit, root, phase), *stack_lines(worst, root)]
+    hint = event_hint(worst)
+    if hint is not None:
+        lines.append(f"  fix: {hint}")
     others = [e for e in over if e is not worst]
     if others:
         lines.append(f"and {len(others)} more stall(s) over the limit:")

@@ -6,6 +6,7 @@ import logging
 from time import perf_counter
 
 from ..events import StallEvent
+from ..profile.hints import event_hint
 from .location import location
 
 logger = logging.getLogger("stallwatch")
@@ -34,8 +35,9 @@ class StallLog:
         self._tokens -= 1.0
         suppressed, self._suppressed = self._suppressed, 0
         started = f" in a task started at {event.started_by}" if event.started_by else ""
+        hint = event_hint(event)
         logger.warning(
-            "event loop stalled for %.1f ms (%s%s) by %s at %s%s; victims in flight: %s%s",
+            "event loop stalled for %.1f ms (%s%s) by %s at %s%s; victims in flight: %s%s%s",
             event.duration * 1e3,
             event.cause,
             ", allowed" if event.allowed else "",
@@ -43,5 +45,6 @@ class StallLog:
             location(event, detail=True),
             started,
             ", ".join(f"{route} x{n}" for route, n in event.victims.items()) or "none",
+            f"; fix: {hint}" if hint is not None else "",
             f" ({suppressed} earlier stalls not logged)" if suppressed else "",
         )

@@ -1,0 +1,177 @@
+"""The loop profile against the demo: does it name the read, and does its time add up?
+
+Issue 17's measurement. The demo (``python -m demo_app``) serves ``/cache/{key}``, whose
+synchronous SQLite read (``read_blocking`` in ``demo_app/cache.py``) holds the loop. Open-loop
+Poisson load (``demo_app.openloop``) offers cache reads at ``--load`` of the loop (30 %: the
+rate is the load over the read's time as the demo measured it at start-up) plus ``/ping`` at
+50/s, for ``--duration`` seconds in blocking mode; then the demo is switched to executor mode
+and loaded the same way. After each phase it reads ``/_stallwatch/api/profile`` and says:
+
+- blocking: the share of ``/cache/{key}``'s samples filed under ``read_blocking`` (claim:
+  at least 90 %), and the read's loop ms/s beside reads/s x the read's time (claim: within
+  15 %);
+- executor: the read's line held the loop for how many ms/s (claim: gone, 0).
+
+    python -m benchmarks.profile_demo                  # 60 s + 40 s of load, about 2 minutes
+    python -m benchmarks.profile_demo --duration 20    # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import tempfile
+import time
+from typing import Any
+
+import aiohttp
+
+from demo_app import arrivals, scrape
+from demo_app.openloop import RouteLoad, constant, offer, session
+from demo_app.server import demo_command, free_port, started_demo, wait_ready
+
+CACHE = "/cache/{key}"
+HOLD = "stallwatch_route_loop_hold_seconds"
+
+
+async def metrics(client: aiohttp.ClientSession, base: str) -> scrape.Samples:
+    async with client.get(base + "/metrics") as r:
+        return scrape.parse(await r.text())
+
+
+def read_line(view: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The cache route and, in any route, the line in ``read_blocking``."""
+    route = next((r for r in view["routes"] if r["route"] == CACHE), None)
+    for candidate in view["routes"]:
+        for line in candidate["lines"]:
+            if line.get("function") == "read_blocking" and str(line.get("file")).endswith(
+                "cache.py"
+            ):
+                return route, line
+    return route, None
+
+
+async def phase(
+    client: aiohttp.ClientSession, base: str, rate: float, duration: float, seed: int
+) -> tuple[float, int]:
+    """Offer the load; returns (seconds it took, cache requests answered)."""
+    rng = random.Random(seed)
+    loads = [
+        RouteLoad(
+            CACHE, lambda i: f"/cache/key-{i % 1000}", rate, arrivals.poisson(rate, duration, rng)
+        ),
+        RouteLoad("/ping", constant("/ping"), 50.0, arrivals.poisson(50.0, duration, rng)),
+    ]
+    began = time.monotonic()
+    results = await offer(client, base, loads, start=began + 0.2, duration=duration, drain=5.0)
+    return time.monotonic() - began, results[0].ok
+
+
+async def profile(client: aiohttp.ClientSession, base: str, window: float) -> dict[str, Any]:
+    async with client.get(f"{base}/_stallwatch/api/profile", params={"window": window}) as r:
+        data: dict[str, Any] = await r.json()
+        return data
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = demo_command(port, "blocking", args.loop, 1, None)
+    out: dict[str, Any] = {"load": args.load, "duration": args.duration, "loop": args.loop}
+    with tempfile.TemporaryFile() as log, started_demo(command, None, None, log) as proc:
+        async with session(256) as client:
+            await wait_ready(client, base, proc)
+            async with client.get(base + "/demo/info") as r:
+                info = await r.json()
+            read = float(info["read_seconds"])
+            rate = args.load / read
+            print(f"read {read * 1e3:.2f} ms at start-up; {rate:.0f} reads/s is {args.load:.0%}")
+            # Let the start-up's own reads leave the window: a bucket is 10 s.
+            await asyncio.sleep(args.settle)
+            before = await metrics(client, base)
+            took, answered = await phase(client, base, rate, args.duration, 1)
+            grown = scrape.delta(before, await metrics(client, base))
+            view = await profile(client, base, args.duration)
+            route, line = read_line(view)
+            reads_per_s = answered / took
+            # The read's time in the run, from stallwatch's exact step timing (an independent
+            # clock: perf_counter around each step, no sampling): the longest step of a cache
+            # request is the one that reads, plus the handler's own microseconds.
+            hold = scrape.histogram(grown, HOLD, route=CACHE).mean()
+            busy = sum(v for _, v in scrape.select(grown, scrape.BUSY, route=CACHE)) / took
+            expected = reads_per_s * hold * 1e3
+            share = line["samples"] / route["samples"] if route and line else 0.0
+            line_ms = float(line["ms_per_s"]) if line else 0.0
+            route_ms = float(route["ms_per_s"]) if route else 0.0
+            out["blocking"] = figures = {
+                "read_ms_at_start": read * 1e3,
+                "read_step_ms_in_run": hold * 1e3,
+                "reads_per_s": reads_per_s,
+                "window_covered": view["covered"],
+                "samples": view["samples"],
+                "route_samples": route["samples"] if route else 0,
+                "read_share_of_route": share,
+                "read_ms_per_s": line_ms,
+                "expected_ms_per_s": expected,
+                "error": line_ms / expected - 1 if expected else None,
+                "route_ms_per_s": route_ms,
+                "route_busy_ms_per_s_exact": busy * 1e3,
+                "hint": line.get("hint") if line else None,
+                "route_lines": [(x["where"], round(x["share"], 3)) for x in route["lines"][:6]]
+                if route
+                else [],
+            }
+            print(
+                f"blocking: {reads_per_s:.1f} reads/s x {hold * 1e3:.2f} ms (the read's step in "
+                f"the run; {read * 1e3:.2f} ms at start-up) = {expected:.1f} ms/s; profile: "
+                f"read_blocking {line_ms:.1f} ms/s ({figures['error']:+.1%}), {share:.1%} of "
+                f"{CACHE}'s {figures['route_samples']} samples; route {route_ms:.1f} ms/s "
+                f"(exact: {busy * 1e3:.1f}); lines {figures['route_lines']}"
+            )
+            async with client.post(base + "/demo/mode", json={"mode": "executor"}) as r:
+                assert r.status == 200
+            took, answered = await phase(client, base, rate, args.executor_duration, 2)
+            window = max(10.0, args.executor_duration - 15.0)
+            view = await profile(client, base, window)
+            route, line = read_line(view)
+            out["executor"] = {
+                "reads_per_s": answered / took,
+                "window_covered": view["covered"],
+                "read_ms_per_s": float(line["ms_per_s"]) if line else 0.0,
+                "route_ms_per_s": float(route["ms_per_s"]) if route else 0.0,
+                "route_lines": [(x["where"], round(x["share"], 3)) for x in route["lines"][:4]]
+                if route
+                else [],
+            }
+            print(
+                f"executor: {answered / took:.1f} reads/s; read_blocking on the loop: "
+                f"{out['executor']['read_ms_per_s']:.2f} ms/s over the last "
+                f"{view['covered']:.0f} s; {CACHE}: {out['executor']['route_ms_per_s']:.1f} ms/s, "
+                f"lines {out['executor']['route_lines']}"
+            )
+    return out
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--load", type=float, default=0.30, help="share of the loop the reads take")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of blocking-mode load")
+    p.add_argument("--executor-duration", type=float, default=40.0)
+    p.add_argument("--settle", type=float, default=11.0, help="seconds before the load")
+    p.add_argument("--loop", default="asyncio", choices=("asyncio", "uvloop"))
+    p.add_argument("--json", help="also write the figures here")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    arguments = parse()
+    figures = asyncio.run(main(arguments))
+    if arguments.json:
+        with open(arguments.json, "w") as f:
+            json.dump(figures, f, indent=2)
+    sys.exit(0)
