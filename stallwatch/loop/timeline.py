@@ -17,73 +17,19 @@ Everything here runs on the loop thread only, so nothing is locked.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from time import perf_counter, process_time, thread_time
-from typing import Any, Protocol
+from typing import Any
 
-from ..decisions import Waiter, victims
 from ..events import BACKGROUND
+from .stretch import Holders, SpanBook, Stretch
 
-
-class SpanBook(Protocol):
-    """What the timeline keeps of a request (``request.spans.RequestSpan`` is one).
-
-    The fields are the timeline's: only its methods below write them. They live on the
-    request's record, not in a map here, because the loop thread reads them on every step.
-    """
-
-    start: float
-    """When the request's life began (perf_counter), as ``origin()`` said."""
-    base_seq: int
-    base: dict[str, float]
-    base_less: dict[str, float]
-    busy: float
-    longest: float
-    own_long: float
-    stretch_id: int
-    stretch_time: float
-    folded: float
-    """Seconds of ``stretch_time`` already added to the stretch's holders."""
-    done: bool
-    ended: float
-    ended_in: int
-    trace: object
-    """The request's OpenTelemetry server span, or None; the timeline only hands it on."""
-
-    @property
-    def route(self) -> str | None:
-        """The request's name once fixed (``route_label`` fixes it), else None: what the
-        watchdog's profile reads from its thread, where no resolver may run."""
-
-    def route_label(self) -> str: ...
-
-    def victim_label(self) -> str: ...
+__all__ = ["SpanBook", "Stretch", "Timeline"]
 
 
 _NONE: dict[str, float] = {}
 
 ALLOWED_SHARE = 0.5
 """A stall is *allowed* when code inside ``allow_blocking()`` held at least this share of it."""
-
-
-@dataclass(frozen=True, slots=True)
-class Stretch:
-    """A busy stretch at least as long as the stall threshold, as the loop saw it end."""
-
-    start: float  # perf_counter
-    end: float
-    duration: float
-    holders: dict[str, float]  # culprit -> seconds it held the loop in this stretch
-    victims: dict[str, int]  # route -> requests it froze
-    frozen: dict[str, float]  # route -> seconds those requests waited in it, together
-    thread_cpu: float  # thread_time() of the loop thread at the end
-    process_cpu: float  # process_time() at the end
-    allowed: bool = False
-    traces: dict[str, object] = field(default_factory=dict)
-    """Per holder route, the ``trace`` of its request that held the loop longest in it
-    (traced requests only): the culprit's may have ended before the stall is recorded."""
-    trace: object = None
-    """The stall's own span context, once the monitor has started its span."""
 
 
 class Timeline:
@@ -114,8 +60,10 @@ class Timeline:
         self.busy_since: float | None = now
         """Start of the stretch in progress, None while polling: the watchdog's one read."""
         self.stretch_id = 0
-        self.ran: list[SpanBook] = []
-        """Spans that ran in the stretch in progress (a span again if it ran after a fold)."""
+        self._stretch = Holders()
+        self.ran = self._stretch.ran
+        """Spans that ran in the stretch in progress (the holders' list, kept here for the
+        steps' hot path)."""
         self.nested = 0.0
         """Seconds of timed steps inside the step in progress (``run_step`` keeps it)."""
         self.step_began = now
@@ -126,9 +74,6 @@ class Timeline:
         self.running: SpanBook | None = None
         """The request whose timed step runs now, None when no timed step does (the server's
         own work, callbacks): ``run_step`` keeps it, the watchdog's profile reads it."""
-        self.holders: dict[str, float] = {}
-        self.held = 0.0
-        self._cursor = 0
         self.in_flight: set[SpanBook] = set()
         self.seq = 0
         self.prev_seq = 0
@@ -171,7 +116,7 @@ class Timeline:
         if busy >= self.floor:
             self._log(now, busy)
         elif self.ran:
-            self._reset_holders()
+            self._stretch.reset()
         if self._allowed:
             self._allowed = 0.0
         self.stretch_id += 1
@@ -284,49 +229,17 @@ class Timeline:
             allowed += now - max(self._allowed_since, now - busy)
         return allowed / busy if busy > 0 else 0.0
 
-    # -- the stretch's holders ----------------------------------------------------------------
-
-    def _fold(self) -> None:
-        """Add the steps run since the last fold to the stretch's holders.
-
-        Each span in ``ran`` carries how much of its time in this stretch is folded already
-        (``folded``); a span that runs again after a fold is appended again. So every
-        finishing request folds only what is new: the cost stays linear in the steps of a
-        stretch, however many requests end inside it.
-        """
-        ran = self.ran
-        holders = self.holders
-        for i in range(self._cursor, len(ran)):
-            span = ran[i]
-            delta = span.stretch_time - span.folded
-            if delta > 0.0:
-                span.folded = span.stretch_time
-                route = span.route_label()
-                holders[route] = holders.get(route, 0.0) + delta
-                self.held += delta
-        self._cursor = len(ran)
-
-    def _reset_holders(self) -> None:
-        self.ran.clear()
-        self._cursor = 0
-        if self.holders:
-            self.holders = {}
-        self.held = 0.0
+    # -- the stretch's end ------------------------------------------------------------------
 
     def _log(self, end: float, busy: float) -> None:
-        self._fold()
+        stretch = self._stretch
         stall = busy >= self.threshold
-        froze = self._victims(end, busy) if stall else None  # before ``ran`` is reset
-        traces = self._traces() if stall else None
-        holders = self.holders
-        self.holders = {}  # this stretch keeps the folded dict; the next one starts afresh
-        held = self.held
-        counted: set[SpanBook] = set()
-        for span in self.ran:
-            if span not in counted:  # once per span, though it may stand in ``ran`` twice
-                counted.add(span)
-                span.own_long += span.stretch_time
-        self._reset_holders()
+        froze = traces = None
+        if stall:  # before ``ran`` is reset
+            stretch.fold()
+            froze = stretch.victims(self.in_flight, self.stretch_id, end, busy, self.floor)
+            traces = stretch.traces()
+        holders, held = stretch.close()
         if busy > held:
             holders[BACKGROUND] = holders.get(BACKGROUND, 0.0) + busy - held
         totals = self.totals
@@ -353,19 +266,6 @@ class Timeline:
                 )
             )
 
-    def _traces(self) -> dict[str, object]:
-        """Per route, the ``trace`` of the traced request that held the loop longest in the
-        stretch in progress (a loop over its steps: for stalls only)."""
-        best: dict[str, tuple[float, object]] = {}
-        for span in self.ran:
-            trace = span.trace
-            if trace is not None:
-                route = span.route_label()
-                known = best.get(route)
-                if known is None or span.stretch_time > known[0]:
-                    best[route] = (span.stretch_time, trace)
-        return {route: trace for route, (_, trace) in best.items()}
-
     def stall_so_far(self, now: float) -> tuple[float, dict[str, float], dict[str, object]] | None:
         """If the stretch in progress is a stall already at ``now``: its start, the seconds
         each route held the loop in it so far (what no finished step did is ``<background>``)
@@ -377,33 +277,12 @@ class Timeline:
         busy = now - start
         if busy < self.threshold:
             return None
-        self._fold()
-        holders = dict(self.holders)
-        if busy > self.held:
-            holders[BACKGROUND] = holders.get(BACKGROUND, 0.0) + busy - self.held
-        return start, holders, self._traces()
-
-    def _victims(self, end: float, busy: float) -> tuple[dict[str, int], dict[str, float]]:
-        """Who a stall froze: the requests in flight at its end, and those that ended in it
-        (they ran in it, so they stand in ``ran``); not tasks of requests that ended before."""
-        sid = self.stretch_id
-        start = end - busy
-        waiters = []
-        seen: set[SpanBook] = set()
-        for span in (*self.in_flight, *self.ran):
-            if span in seen:
-                continue
-            seen.add(span)
-            if span.done:
-                if span.ended_in != sid:
-                    continue
-                until = span.ended
-            else:
-                until = end
-            held = span.stretch_time if span.stretch_id == sid else 0.0
-            alive = until - max(start, span.start)
-            waiters.append(Waiter(span.victim_label(), held, alive))
-        return victims(waiters, busy, self.floor)
+        stretch = self._stretch
+        stretch.fold()
+        holders = dict(stretch.holders)
+        if busy > stretch.held:
+            holders[BACKGROUND] = holders.get(BACKGROUND, 0.0) + busy - stretch.held
+        return start, holders, stretch.traces()
 
     # -- read by spans ----------------------------------------------------------------------
 
@@ -422,11 +301,12 @@ class Timeline:
                     frozen[culprit] = delta
         own = span.own_long
         if partial >= self.floor:
-            self._fold()
-            for route, seconds in self.holders.items():
+            stretch = self._stretch
+            stretch.fold()
+            for route, seconds in stretch.holders.items():
                 frozen[route] = frozen.get(route, 0.0) + seconds
-            if partial > self.held:
-                frozen[BACKGROUND] = frozen.get(BACKGROUND, 0.0) + partial - self.held
+            if partial > stretch.held:
+                frozen[BACKGROUND] = frozen.get(BACKGROUND, 0.0) + partial - stretch.held
             if span.stretch_id == self.stretch_id:
                 own += span.stretch_time
         if own:

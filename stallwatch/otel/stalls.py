@@ -29,7 +29,7 @@ from .meters import Meters, meters_for
 from .traces import TRACER_NAME, context_of, exemplar, parent_context, wall_ns
 
 if TYPE_CHECKING:
-    from ..loop.timeline import Stretch
+    from ..loop.stretch import Stretch
     from ..metrics import Metrics
 
 STALL_SPAN = "event loop stall"

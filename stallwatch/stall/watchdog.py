@@ -26,7 +26,7 @@ from time import perf_counter
 
 from ..decisions import Evidence, culprits, decide_cause, samples_after_the_block
 from ..events import Frame, StallEvent
-from ..loop.timeline import Stretch
+from ..loop.stretch import Stretch
 from ..profile.sampler import Payer, ProfileSampler
 from .gcwatch import GC_WATCH
 from .sampling import RawStack, StackSampler, aggregate
