@@ -312,6 +312,10 @@ def run_report(args: argparse.Namespace) -> int:
         print("no stalls recorded: the loop was not held past the stall threshold")
     if offenders:
         print(table(offenders))
+        for rank, group in enumerate(offenders, start=1):
+            hint = group.get("hint")
+            if isinstance(hint, dict) and hint.get("text"):
+                print(f"{rank:>2}  fix: {hint['text']}")
     if allowed:
         print("\nallowed (inside stallwatch.allow_blocking()):")
         print(table(allowed))

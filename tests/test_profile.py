@@ -15,6 +15,7 @@ import sysconfig
 import tracemalloc
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -693,7 +694,8 @@ def test_the_page_and_the_cli_show_each_routes_lines_with_their_fix(
             )
             rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#profile tbody tr")]
             browser.save_screenshot(str(tmp_path / "profile.png"))
-            errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+            log = browser.get_log("browser")  # type: ignore[attr-defined]
+            errors = [e for e in log if e["level"] == "SEVERE"]
     assert parse_folded(folded_text)
     assert any(
         frames[0] == "/a" and "block_a (" in frames[-1] for frames, _ in parse_folded(folded_text)
@@ -706,3 +708,199 @@ def test_the_page_and_the_cli_show_each_routes_lines_with_their_fix(
     line = next(r for r in rows if "block_a" in r)
     assert "time.sleep" in line
     assert "asyncio.sleep" in line
+
+
+# -- the endpoint, the options, the stall's own fix ---------------------------------------------
+
+
+class FakeMonitor:
+    def __init__(self, p: LoopProfile | None) -> None:
+        self.profile = p
+
+    def recent_stalls(self) -> list[object]:
+        return []
+
+    def internal_error(self, component: str) -> None:
+        raise AssertionError(component)
+
+
+def test_the_endpoint_serves_json_and_folded_stacks_under_the_reports_rules() -> None:
+    from stallwatch.report.http import ReportApp
+
+    clock = Clock()
+    p = profile(clock)
+    for _ in range(5):
+        p.add("/cache/{key}", APP, (HANDLER, APP))
+    app = ReportApp(lambda: FakeMonitor(p), clock=lambda: 1.7e9)  # type: ignore[arg-type,return-value]
+
+    def get(
+        query: str, host: str = "127.0.0.1", method: str = "GET"
+    ) -> tuple[int, dict[str, str], bytes]:
+        status, headers, body = app.respond(method, "/_stallwatch/api/profile", {}, host, query)
+        return status, dict(headers), body
+
+    status, headers, body = get("window=60")
+    assert status == 200
+    assert headers["Content-Type"] == "application/json"
+    data = json.loads(body)
+    assert data["routes"][0]["lines"][0]["samples"] == 5
+    assert data["window"] == 60.0
+    status, headers, body = get("format=folded")
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/plain")
+    assert parse_folded(body.decode())[0][1] == 5
+    assert get("format=folded", method="HEAD")[2] == b""
+    assert get("format=svg")[0] == 400
+    assert get("window=0")[0] == 400
+    assert get("window=soon")[0] == 400
+    assert get("", host="10.0.0.8")[0] == 403  # the report's rules: loopback only, no token
+    off = ReportApp(lambda: FakeMonitor(None))  # type: ignore[arg-type,return-value]
+    status, _, body = off.respond("GET", "/_stallwatch/api/profile", {}, "127.0.0.1", "")
+    assert status == 200
+    assert json.loads(body)["available"] is False
+    assert off.respond("GET", "/_stallwatch/api/profile", {}, "::1", "format=folded")[2] == b""
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("profile", 1), ("profile_rate", 0), ("profile_rate", 5000), ("profile_rate", True),
+     ("profile_lines", 0), ("profile_lines", 2.5)],
+)  # fmt: skip
+def test_the_profile_options_are_checked_at_construction(option: str, value: object) -> None:
+    from stallwatch.options import MonitorOptions
+
+    with pytest.raises((TypeError, ValueError), match=option):
+        MonitorOptions(**{option: value})  # type: ignore[arg-type]
+
+
+def test_a_monitor_keeps_a_profile_unless_told_not_to() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from stallwatch import LoopMonitor
+
+    on = LoopMonitor(registry=CollectorRegistry(), profile_rate=250, profile_lines=7)
+    assert on.profile is not None
+    assert on.profile.period == pytest.approx(0.004)
+    assert on.profile.lines == 7
+    assert LoopMonitor(registry=CollectorRegistry(), profile=False).profile is None
+
+
+def test_a_stall_names_its_fix_in_the_log_line_and_the_reports_group() -> None:
+    import logging
+
+    from stallwatch.events import StackSample, StallEvent
+    from stallwatch.report.data import summary
+    from stallwatch.stall.log import StallLog
+
+    frame = Frame(__file__, 1, "somewhere")
+    event = StallEvent(
+        started_at=1.7e9,
+        duration=0.1,
+        cause="blocking",
+        culprit="/sync",
+        culprits={"/sync": 1.0},
+        victims={},
+        top_frame=frame,
+        stacks=(StackSample((HANDLER, frame, lib("subprocess.py", "run")), 20),),
+        sampled=True,
+        task=None,
+        gc_seconds=0.0,
+        loop_cpu_ratio=None,
+    )
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep()
+    logger = logging.getLogger("stallwatch")
+    logger.addHandler(handler)
+    try:
+        StallLog(every=10.0, burst=5).log(event)
+    finally:
+        logger.removeHandler(handler)
+    assert (
+        records[0]
+        .getMessage()
+        .endswith("; fix: subprocess: `await asyncio.create_subprocess_exec(...)`")
+    )
+    [group] = summary([event])
+    assert group["hint"]["kind"] == "subprocess"
+
+
+# -- the watchdog's side: which moments become samples -------------------------------------------
+
+
+class FakeLoop:
+    def is_running(self) -> bool:
+        return True
+
+    def is_closed(self) -> bool:
+        return False
+
+
+def watchdog_with(
+    running: Span | None, step_began: float, stretch: list[int]
+) -> tuple[Any, LoopProfile]:
+    import asyncio
+    import threading
+
+    from stallwatch.stall.sampling import StackSampler, frames_of
+    from stallwatch.stall.watchdog import Watchdog, WatchdogLinks
+
+    p = LoopProfile(period=0.01)
+    sampler = StackSampler(threading.get_ident())
+    profiler = ProfileSampler(p, frames=frames_of, top_frame=sampler.top_frame, clock=lambda: 0.0)
+    links = WatchdogLinks(
+        loop=cast(asyncio.AbstractEventLoop, FakeLoop()),
+        held_since=lambda: None,
+        started_by=lambda: None,
+        record=lambda event: None,
+        on_error=lambda: None,
+        show_stall=lambda seconds: None,
+        loop_closed=lambda: None,
+        running=lambda: running,
+        step_began=lambda: step_began,
+        stretch_id=lambda: stretch[0],
+    )
+    dog = Watchdog(
+        links,
+        sampler,
+        threading.get_native_id(),
+        threshold=0.02,
+        sample_interval=0.005,
+        profiler=profiler,
+    )
+    return dog, p
+
+
+def test_a_moment_of_a_busy_loop_is_a_sample_of_the_step_then_running() -> None:
+    dog, p = watchdog_with(Span("/r"), step_began=0.001, stretch=[3])
+    assert dog._profile(0.0101, since=0.0, stretch=3) is True
+    [route] = p.snapshot().routes
+    assert route.route == "/r"
+    assert route.lines[0].location != NO_STACK  # this test's own line: a stack was read
+    # It is one of a stall's samples too, until its stretch has ended short.
+    assert [s.stretch for s in dog._samples] == [3]
+
+
+def test_an_idle_moment_is_no_sample_and_teaches_the_oss_lateness() -> None:
+    dog, p = watchdog_with(Span("/r"), step_began=0.0, stretch=[0])
+    assert dog._profile(0.0103, since=None, stretch=0) is False
+    assert p.snapshot().samples == 0
+    assert dog._profiler.latency == pytest.approx(0.0003)
+
+
+def test_a_step_that_began_after_the_moment_is_not_charged_with_it() -> None:
+    dog, p = watchdog_with(Span("/r"), step_began=0.0102, stretch=[0])
+    assert dog._profile(0.0105, since=0.0, stretch=0) is False
+    [route] = p.snapshot().routes
+    assert (route.route, route.lines[0].location) == (BACKGROUND, NO_STACK)
+
+
+def test_a_moment_the_gil_was_held_past_is_counted_for_the_request_without_a_line() -> None:
+    dog, p = watchdog_with(Span("/r"), step_began=0.0, stretch=[0])
+    assert dog._profile(0.0101 + 0.05, since=0.0, stretch=0) is False
+    [route] = p.snapshot().routes
+    assert (route.route, route.lines[0].location) == ("/r", NO_STACK)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..events import Frame, StallEvent
+from ..profile.hints import event_hint
 from ..stall.location import location
 
 STACKS_PER_GROUP = 3
@@ -66,9 +67,13 @@ class _Group:
     victims: dict[str, int] = field(default_factory=dict)
     started_by: dict[str, int] = field(default_factory=dict)
     stacks: dict[tuple[str, ...], int] = field(default_factory=dict)
+    hint: dict[str, str] | None = None
 
     def add(self, event: StallEvent) -> None:
         self.count += 1
+        if self.hint is None:  # the first stall whose stack says what the call is
+            found = event_hint(event)
+            self.hint = found.to_dict() if found is not None else None
         self.total += event.duration
         self.longest = max(self.longest, event.duration)
         self.first = min(self.first, event.started_at)
@@ -105,6 +110,7 @@ class _Group:
             "victims": _ranked(self.victims),
             "started_by": _ranked(self.started_by),
             "stacks": [{"count": n, "frames": list(frames)} for frames, n in stacks],
+            "hint": self.hint,
         }
 
 
