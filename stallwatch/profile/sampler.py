@@ -37,6 +37,10 @@ RawStack = tuple[tuple[str, int, str], ...]
 PENDING = 4096
 """Samples that wait for their request's name at most; past that the oldest is charged to
 ``<unmatched>`` (only a flood of requests that live long unnamed gets there)."""
+LOCATED = 128
+"""Stacks whose location is remembered: a busy loop shows the same few again and again, and
+filing one anew (its frames interned, its callback found) costs tens of microseconds of
+the watchdog's time while it holds the GIL. About 0.5 MB when full; past it, it starts over."""
 LATENESS_KEPT = 64
 """Idle wake-ups whose lateness the OS latency estimate is the median of."""
 NAME_AFTER = 1.0
@@ -81,6 +85,7 @@ class ProfileSampler:
         self.due = clock() + self.period
         """The next moment to look at the loop (perf_counter)."""
         self._pending: list[_Pending] = []
+        self._located: dict[RawStack, tuple[Location, tuple[Frame, ...]]] = {}
         self._to_name: dict[int, Payer] = {}
         self.taken = 0
         """Samples filed so far (with a stack or without)."""
@@ -119,7 +124,13 @@ class ProfileSampler:
             location: Location = NO_STACK
             kept: tuple[Frame, ...] | None = None
         else:
-            location, kept = locate(self._frames(stack), self._top_frame)
+            found = self._located.get(stack)
+            if found is None:
+                found = locate(self._frames(stack), self._top_frame)
+                if len(self._located) >= LOCATED:
+                    self._located.clear()
+                self._located[stack] = found
+            location, kept = found
         self.taken += 1
         if payer is None:
             self.profile.add(BACKGROUND, location, kept)

@@ -205,7 +205,10 @@ class Watchdog:
         if self._gauge_set:
             links.show_stall(0.0)
             self._gauge_set = False
-        self._mark = self._counters()
+        if now - self._mark.at >= threshold / 2:
+            # Reading them costs tens of microseconds (/proc): no more often than a stall
+            # could begin, however often the profile wakes the watchdog.
+            self._mark = self._counters()
         # Sleep until the earliest moment a stall could be under way: a stall that begins
         # just after this look is still caught within about one threshold of its start.
         if since is None:
