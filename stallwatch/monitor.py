@@ -15,13 +15,13 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from time import perf_counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .errors import InternalErrors
 from .events import StallEvent
 from .loop import registry
+from .loop.heartbeat import Heartbeat, HeartbeatLinks
 from .loop.history import LoopHistory
 from .loop.probes import Probe, choose_probe
 from .loop.timeline import Stretch, Timeline
@@ -101,11 +101,8 @@ class LoopMonitor:
         self._probe: Probe | None = None
         self._tasks: TaskAttribution | None = None
         self._watchdog: Watchdog | None = None
-        self._beat: asyncio.TimerHandle | None = None
-        self._due = 0.0
+        self._heartbeat: Heartbeat | None = None
         self._flushers: list[Callable[[], None]] = []
-        self._beats_to_flush = 0
-        self._beat_stops = 0
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -192,6 +189,7 @@ class LoopMonitor:
                 self.profile, frames=frames_of, top_frame=sampler.top_frame
             )
             self.add_flusher(self._profiler.name_pending)
+        heartbeat: Heartbeat | None = None  # made below, once the watchdog it reads exists
         self._watchdog = Watchdog(
             WatchdogLinks(
                 loop=loop,
@@ -204,6 +202,9 @@ class LoopMonitor:
                 running=lambda: timeline.running,
                 step_began=lambda: timeline.step_began,
                 stretch_id=lambda: timeline.stretch_id,
+                quiet=lambda: heartbeat is not None and heartbeat.quiet,
+                polling=lambda: timeline.busy_since is None,
+                park=self._park,
             ),
             sampler,
             threading.get_native_id(),
@@ -212,9 +213,21 @@ class LoopMonitor:
             profiler=self._profiler,
         )
         GC_WATCH.acquire()
+        watchdog = self._watchdog
+        self._heartbeat = heartbeat = Heartbeat(
+            loop,
+            timeline,
+            self._probe,
+            HeartbeatLinks(
+                observe=self._observe_lag,
+                stops_seen=lambda: watchdog.stops_seen,
+                every_tenth=self._every_tenth,
+                on_error=lambda: self.internal_error("heartbeat", once=True),
+            ),
+            interval=self.interval,
+        )
         self._started = True
-        self._due = loop.time() + self.interval
-        self._beat = loop.call_at(self._due, self._heartbeat)
+        self._heartbeat.start()
         self._watchdog.start()
         return True
 
@@ -245,8 +258,8 @@ class LoopMonitor:
             self.flush()  # counts not yet handed to prometheus-client would be lost otherwise
         except Exception:
             self.internal_error("middleware")
-        if self._beat is not None:
-            self._beat.cancel()
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         if self._probe is not None:
             self._probe.uninstall()
         if self._tasks is not None:
@@ -273,54 +286,23 @@ class LoopMonitor:
             return None  # a stopped loop is not a stalled one
         return probe.held_since()
 
-    def _heartbeat(self) -> None:
-        if not self._started:
-            return
-        try:
-            now = perf_counter()
-            lateness = self.loop.time() - self._due
-            stops = self._watchdog.stops_seen if self._watchdog is not None else 0
-            if stops != self._beat_stops:
-                # The loop was stopped since the last beat: that wait was no callback's lag.
-                self._beat_stops = stops
-            else:
-                self._observe_lag(lateness)
-            if self._probe is not None:
-                self._probe.beat(now, lateness)
-            self._beats_to_flush -= 1
-            if self._beats_to_flush <= 0:
-                self._beats_to_flush = max(1, round(0.1 / self.interval))
-                if self._tasks is not None:
-                    self._tasks.keep_installed()
-                self.flush()
-        except Exception:
-            self.internal_error("heartbeat", once=True)
-        finally:
-            if self._started:
-                self._due = self.loop.time() + self.interval
-                self._beat = self.loop.call_at(self._due, self._heartbeat)
-
-    def _observe_lag(self, lateness: float) -> None:
-        lag = self.metrics.lag
-        history = self.history
-        late = max(lateness, 0.0)
-        lag.observe(late)
-        history.beat(late)
+    def _observe_lag(self, late: float) -> None:
+        """One beat's lag, seconds, wherever lag goes (the heartbeat calls it)."""
+        self.metrics.lag.observe(late)
+        self.history.beat(late)
         telemetry = self.telemetry
         if telemetry is not None:
             telemetry.lag(late)
-        # The beats that were due while the loop was held never ran: record the lag each
-        # would have seen, or the histogram hides exactly the stalls it exists to show.
-        interval = self.interval
-        missed = lateness - interval
-        # Not > 0.0: on uvloop's millisecond clock a lateness is often an exact multiple
-        # of the interval, and rounding would add a beat of ~0 lag.
-        while missed > 1e-9:
-            lag.observe(missed)
-            history.beat(missed)
-            if telemetry is not None:
-                telemetry.lag(missed)
-            missed -= interval
+
+    def _park(self, alarm: Callable[[], None] | None) -> None:
+        timeline = self._timeline
+        if timeline is not None:
+            timeline.on_wake = alarm
+
+    def _every_tenth(self) -> None:
+        if self._tasks is not None:
+            self._tasks.keep_installed()
+        self.flush()
 
     # -- stalls (the loop thread hands over, the watchdog records) ---------------------------
 

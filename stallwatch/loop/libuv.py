@@ -1,4 +1,5 @@
-"""libuv, reached through ctypes under uvloop: its idle-time metric and a prepare handle.
+"""libuv, reached through ctypes under uvloop: its idle-time metric, a prepare handle (the
+loop is about to poll) and a check handle (the poll has returned).
 
 uvloop keeps its ``uv_loop_t*`` in a C field of the Loop object that Python cannot see. We
 find it by looking, in the first words of the object, for a pointer to memory that is mapped
@@ -16,7 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 _UV_METRICS_IDLE_TIME = 1  # enum uv_loop_option
-_UV_PREPARE = 9  # enum uv_handle_type
+_UV_CHECK = 2  # enum uv_handle_type
+_UV_PREPARE = 9
 _PrepareCallback = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 _retired: list[Any] = []
@@ -69,11 +71,12 @@ class LibUV:
             lib.uv_loop_configure.restype = ctypes.c_int
             lib.uv_handle_size.restype = ctypes.c_size_t
             lib.uv_handle_size.argtypes = [ctypes.c_int]
-            for name in ("uv_prepare_init", "uv_prepare_start"):
-                getattr(lib, name).restype = ctypes.c_int
-            lib.uv_prepare_init.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-            lib.uv_prepare_start.argtypes = [ctypes.c_void_p, _PrepareCallback]
-            lib.uv_prepare_stop.argtypes = [ctypes.c_void_p]
+            for kind in ("prepare", "check"):
+                for name in (f"uv_{kind}_init", f"uv_{kind}_start"):
+                    getattr(lib, name).restype = ctypes.c_int
+                getattr(lib, f"uv_{kind}_init").argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+                getattr(lib, f"uv_{kind}_start").argtypes = [ctypes.c_void_p, _PrepareCallback]
+                getattr(lib, f"uv_{kind}_stop").argtypes = [ctypes.c_void_p]
             lib.uv_unref.argtypes = [ctypes.c_void_p]
             lib.uv_close.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
             uv_loop = _find_uv_loop(loop)
@@ -91,16 +94,27 @@ class LibUV:
 
     def prepare(self, callback: Callable[[], None]) -> PrepareHandle | None:
         """Run ``callback`` each time the loop is about to poll (loop thread only)."""
-        handle = PrepareHandle(self._lib, callback)
+        return self._handle("prepare", callback)
+
+    def check(self, callback: Callable[[], None]) -> PrepareHandle | None:
+        """Run ``callback`` each time the loop's poll has returned (loop thread only)."""
+        return self._handle("check", callback)
+
+    def _handle(self, kind: str, callback: Callable[[], None]) -> PrepareHandle | None:
+        handle = PrepareHandle(self._lib, callback, kind)
         if not handle.start(self.uv_loop):
             return None
         return handle
 
 
 class PrepareHandle:
-    def __init__(self, lib: Any, callback: Callable[[], None]) -> None:
+    """A libuv prepare or check handle running a Python callback (same C signature)."""
+
+    def __init__(self, lib: Any, callback: Callable[[], None], kind: str = "prepare") -> None:
         self._lib = lib
-        self._memory = ctypes.create_string_buffer(max(int(lib.uv_handle_size(_UV_PREPARE)), 64))
+        self._kind = kind
+        size = lib.uv_handle_size(_UV_CHECK if kind == "check" else _UV_PREPARE)
+        self._memory = ctypes.create_string_buffer(max(int(size), 64))
 
         def run(_handle: int | None) -> None:
             callback()
@@ -110,10 +124,10 @@ class PrepareHandle:
 
     def start(self, uv_loop: ctypes.c_void_p) -> bool:
         lib = self._lib
-        if lib.uv_prepare_init(uv_loop, self._memory):
+        if getattr(lib, f"uv_{self._kind}_init")(uv_loop, self._memory):
             return False
         self._open = True
-        if lib.uv_prepare_start(self._memory, self._callback):
+        if getattr(lib, f"uv_{self._kind}_start")(self._memory, self._callback):
             self.close()
             return False
         lib.uv_unref(self._memory)  # never keeps the loop alive on its own
@@ -123,6 +137,6 @@ class PrepareHandle:
         """Stop and close (loop thread only); libuv completes the close on its next turn."""
         if self._open:
             self._open = False
-            self._lib.uv_prepare_stop(self._memory)
+            getattr(self._lib, f"uv_{self._kind}_stop")(self._memory)
             self._lib.uv_close(self._memory, None)
             _retired.append((self._memory, self._callback))

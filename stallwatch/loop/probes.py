@@ -37,6 +37,10 @@ class Probe(Protocol):
     def uninstall(self) -> None:
         """Undo what ``install`` did (loop thread)."""
 
+    def tell_wakeups(self, on: bool) -> bool:
+        """Have the timeline's ``woke`` hook called when a poll returns (loop thread); False
+        where this probe cannot, and the heartbeat then never goes quiet."""
+
 
 def choose_probe(
     loop: asyncio.AbstractEventLoop,
@@ -94,6 +98,9 @@ class PollProbe:
     def beat(self, now: float, lateness: float) -> None:
         """Polls are timed where they happen: the heartbeat has nothing to add."""
 
+    def tell_wakeups(self, on: bool) -> bool:
+        return True  # every poll's return reaches the timeline already
+
     def uninstall(self) -> None:
         self._selector.__dict__.pop("select", None)
 
@@ -122,6 +129,7 @@ class PreparePollProbe:
         self._libuv = libuv
         self._last = (perf_counter(), libuv.idle_seconds())
         self._handle: PrepareHandle | None = None
+        self._check: PrepareHandle | None = None
         # Closing the loop frees what idle_seconds() reads, and the watchdog reads it without
         # the GIL (ctypes lets it go): the two must not overlap.
         self._closing = threading.Lock()
@@ -159,6 +167,27 @@ class PreparePollProbe:
     def beat(self, now: float, lateness: float) -> None:
         """Polls are timed where they happen: the heartbeat has nothing to add."""
 
+    def tell_wakeups(self, on: bool) -> bool:
+        # A check handle runs after every poll: about a microsecond an iteration, so it runs
+        # only while the loop is quiet (the heartbeat asks), never under load.
+        if on and self._check is None and self._handle is not None:
+            self._check = self._libuv.check(self._poll_returned)
+            if self._check is None:
+                return False
+            # This stretch is in progress: from now on the timeline knows when polls return.
+            self._timeline.poll_returned(self.stretch_start())
+            return True
+        if not on and self._check is not None:
+            self._check.close()
+            self._check = None
+        return True
+
+    def _poll_returned(self) -> None:
+        try:
+            self._timeline.poll_returned(perf_counter())
+        except Exception:  # a callback from C must never raise
+            self._on_error()
+
     def _about_to_poll(self) -> None:
         try:
             now = perf_counter()
@@ -170,6 +199,7 @@ class PreparePollProbe:
             self._on_error()
 
     def uninstall(self) -> None:
+        self.tell_wakeups(False)
         if self._handle is not None:
             self._handle.close()
             self._handle = None
@@ -205,6 +235,9 @@ class HeartbeatProbe:
         timeline = self._timeline
         timeline.about_to_poll(now, start=now - busy)
         timeline.poll_returned(now)
+
+    def tell_wakeups(self, on: bool) -> bool:
+        return not on  # stretches come from the heartbeat itself: it must never go quiet
 
     def uninstall(self) -> None:
         """Nothing to undo: libuv has no call to switch its idle-time metric off."""

@@ -86,6 +86,11 @@ class Timeline:
         self._pinned = True
         self.last_holders: dict[str, float] = {}
         """The holders of the last long stretch, if the last stretch was long."""
+        self.on_long: Callable[[float, float], None] | None = None
+        """Told (start, seconds) of every long stretch while the heartbeat is quiet."""
+        self.on_wake: Callable[[], None] | None = None
+        """Called once, and forgotten, the next time a poll returns (the parked watchdog's
+        alarm: ``woke``)."""
         self.late_busy: dict[str, float] = {}
         """Loop seconds of tasks whose request has ended, by route, until the next flush."""
         self._allowing = 0
@@ -124,6 +129,15 @@ class Timeline:
     def poll_returned(self, now: float) -> None:
         """The poll returned: a stretch begins."""
         self.stretch_start = self.busy_since = now
+        if self.on_wake is not None:
+            self.woke()
+
+    def woke(self) -> None:
+        """A poll returned: sound the alarm set in ``on_wake``, once."""
+        alarm = self.on_wake
+        if alarm is not None:
+            self.on_wake = None
+            alarm()
 
     def current_start(self) -> float:
         """Start of the stretch in progress (loop thread)."""
@@ -250,6 +264,8 @@ class Timeline:
             totals[culprit] = totals.get(culprit, 0.0) + seconds
         self.last_holders = holders
         self.seq += 1
+        if self.on_long is not None:
+            self.on_long(end - busy, busy)
         if froze is not None:
             self.on_stall(
                 Stretch(

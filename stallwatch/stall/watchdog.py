@@ -58,6 +58,11 @@ class _Counters:
     run_queue_wait: float | None
 
 
+PARKED = 0.1
+"""Seconds a parked watchdog sleeps at most: it still sees a loop stopped, closed or
+restarted, with no alarm from the loop."""
+
+
 @dataclass(frozen=True, slots=True)
 class WatchdogLinks:
     """What the watchdog is given of the loop it watches: readers it may call from its
@@ -83,6 +88,13 @@ class WatchdogLinks:
     stretch_id: Callable[[], int] = lambda: 0
     """The number of the stretch in progress; a stretch's stall (if it was one) has been
     handed over before the number moves on."""
+    quiet: Callable[[], bool] = lambda: False
+    """The heartbeat is quiet (the loop has had nothing to do for a while)."""
+    polling: Callable[[], bool] = lambda: False
+    """The loop is in its poll now (exact only while quiet, on every probe)."""
+    park: Callable[[Callable[[], None] | None], None] = lambda alarm: None
+    """Have ``alarm`` called (once, on the loop thread) when the loop's poll next returns;
+    None takes it back."""
 
 
 class Watchdog:
@@ -209,6 +221,8 @@ class Watchdog:
             # Reading them costs tens of microseconds (/proc): no more often than a stall
             # could begin, however often the profile wakes the watchdog.
             self._mark = self._counters()
+        if links.quiet() and self._park():
+            return PARKED
         # Sleep until the earliest moment a stall could be under way: a stall that begins
         # just after this look is still caught within about one threshold of its start.
         if since is None:
@@ -216,6 +230,19 @@ class Watchdog:
         return self._until_due(
             max(self.sample_interval, min(threshold, since + threshold - now)), now
         )
+
+    def _park(self) -> bool:
+        """While the loop is quiet and polls, sleep until its poll returns (the loop sounds
+        the alarm), not every threshold: an idle pod's watchdog then costs next to nothing,
+        and a stall is still seen from its first moment."""
+        links = self._links
+        if not links.polling():
+            return False
+        links.park(self._wake.set)
+        if links.polling():  # still: the loop will wake us (the alarm is set before it looks)
+            return True
+        links.park(None)  # a stretch began meanwhile: watch it as usual
+        return False
 
     def _until_due(self, timeout: float, now: float) -> float:
         """``timeout``, or less if the profile's next moment comes first."""
