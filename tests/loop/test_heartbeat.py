@@ -1,0 +1,75 @@
+"""``Heartbeat``: lag measured every interval while the loop works, quiet while it has nothing
+to do, and nothing lost either way: the beats it skips are counted, a stall while quiet is
+recorded as the skipped beats would have seen it, and the watchdog, parked while the quiet
+loop polls, is woken by the loop in time to read the stall's stack. Real loops."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from stallwatch import LoopMonitor
+from stallwatch.loop.heartbeat import QUIET_AFTER, QUIET_FACTOR
+from tests import blockers
+from tests.monitor.support import LAG, LOOPS, histogram, run, wait_until
+
+INTERVAL = 0.010
+
+
+def quiet(monitor: LoopMonitor) -> bool:
+    beat = monitor._heartbeat
+    return beat is not None and beat.quiet
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_an_idle_loop_goes_quiet_and_its_skipped_beats_still_count(loop: str) -> None:
+    registry = CollectorRegistry()
+
+    async def main() -> tuple[bool, bool, float, float, float]:
+        async with LoopMonitor(registry=registry, interval=INTERVAL) as monitor:
+            await asyncio.sleep(QUIET_AFTER / 2)
+            early = quiet(monitor)
+            await wait_until(lambda: quiet(monitor), QUIET_AFTER * 3, "the heartbeat to go quiet")
+            _, count0, _ = histogram(registry, LAG)
+            began = asyncio.get_running_loop().time()
+            await asyncio.sleep(1.0)
+            _, count1, total = histogram(registry, LAG)
+            elapsed = asyncio.get_running_loop().time() - began
+            return early, quiet(monitor), count1 - count0, elapsed, total
+
+    early, still, counted, elapsed, total = run(loop, main())
+    assert not early  # busy with starting: not quiet before QUIET_AFTER
+    assert still
+    # Quiet beats stand for the beats they skip: about one observation per interval still.
+    expected = elapsed / INTERVAL
+    assert expected - 2 * QUIET_FACTOR <= counted <= expected + 2 * QUIET_FACTOR
+    assert total / max(counted, 1) < 0.005  # an idle loop's lag is timer slack
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_block_while_quiet_is_a_stall_with_its_stack_and_its_missed_beats(loop: str) -> None:
+    registry = CollectorRegistry()
+
+    async def main() -> tuple[blockers.Block, list[object], float, float, bool]:
+        async with LoopMonitor(registry=registry, interval=INTERVAL) as monitor:
+            await wait_until(lambda: quiet(monitor), QUIET_AFTER * 3, "the heartbeat to go quiet")
+            buckets0, count0, _ = histogram(registry, LAG)
+            block = blockers.sleep(0.15)
+            await wait_until(lambda: bool(monitor.recent_stalls()), 2.0, "the stall")
+            await asyncio.sleep(0.05)
+            buckets1, count1, _ = histogram(registry, LAG)
+            over_100ms = count1 - count0 - (buckets1[0.1] - buckets0[0.1])
+            return block, monitor.recent_stalls(), count1 - count0, over_100ms, quiet(monitor)
+
+    block, stalls, counted, over_100ms, after = run(loop, main())
+    (stall,) = stalls
+    assert stall.sampled, "the parked watchdog was woken and read the stack during the stall"
+    assert stall.top_frame is not None
+    assert stall.top_frame.lineno == block.lineno
+    # The beats due in the 150 ms: about 15, and the ones due in its first 50 ms waited
+    # over 100 ms (a beat due every interval from half an interval into the block).
+    assert counted >= 12
+    assert 3 <= over_100ms <= 6
+    assert not after  # a stall is work: the heartbeat beats every interval again
