@@ -475,7 +475,16 @@ def test_anyio_limiter_of_two_the_waiting_gauge_and_the_wait_histogram_agree() -
     assert total is not None
     # Waits of 0, 0, 0.2, 0.2, 0.4, 0.4, 0.6, 0.6 s, give or take the machine.
     assert 2.3 <= total <= 3.2, total
-    assert max(waiting for _, waiting, _, _ in samples) == 6
+    # Six wait behind the two running for the first round (a moment more while the first two
+    # reach their threads), then four, then two.
+    assert max(waiting for _, waiting, _, _ in samples) <= 8
+    for queued in (6, 4, 2):
+        held = sum(
+            later[0] - earlier[0]
+            for earlier, later in itertools.pairwise(samples)
+            if earlier[1] == queued
+        )
+        assert held >= 0.12, (queued, held)
     saturated = [(busy, idle) for _, waiting, busy, idle in samples if waiting > 0]
     assert sum(1 for busy, idle in saturated if (busy, idle) == (2, 0)) >= 0.9 * len(saturated)
     integral = sum(
