@@ -33,7 +33,7 @@ from .options import MiddlewareOptions, middleware_options
 from .report.http import ReportApp
 from .request.spans import RequestSpan
 from .request.tally import RequestMetrics
-from .request.tasks import CURRENT
+from .request.tasks import CURRENT, current_task
 from .routes import UNMATCHED, RouteResolver, default_resolver
 
 if TYPE_CHECKING:
@@ -87,6 +87,8 @@ class StallwatchMiddleware:
             else None
         )
         self._report_prefix = options_.report_path + "/"
+        self._metrics_path = options_.metrics_path  # read on every request: kept at hand
+        self._server_timing = options_.server_timing
         self._metrics_server: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timeline: Timeline | None = None
@@ -115,7 +117,7 @@ class StallwatchMiddleware:
                 await self.app(scope, receive, send)
             return
         if path is not None:
-            if self._metrics_app is not None and path == self.options.metrics_path:
+            if path == self._metrics_path and self._metrics_app is not None:
                 if self.monitor is not None:
                     self.monitor.flush()
                 await self._metrics_app(scope, receive, send)
@@ -134,13 +136,11 @@ class StallwatchMiddleware:
         if span is None:
             await self.app(scope, receive, send)
             return
-        # The server's task runs the app's own coroutine, which the span times itself.
-        span.host = asyncio.current_task()
         # A task started inside another request's context (uvicorn starts a pipelined request
         # from the previous one's send) is this one's from here, and nobody's after it.
         inherited = CURRENT.get() is not None
         token = CURRENT.set(span)
-        send_on: Send = span.asgi_send_timed if self.options.server_timing else span.asgi_send
+        send_on: Send = span.asgi_send_timed if self._server_timing else span.asgi_send
         if self._telemetry is not None:
             send_on = self._telemetry.send(span, send_on)  # its figures go on before it ends
         try:
@@ -166,6 +166,8 @@ class StallwatchMiddleware:
         if loop is not self._loop or timeline is None or monitor is None or not monitor.running:
             timeline = self._attach(loop)
         span = RequestSpan(timeline, scope, send, self._resolve)
+        # The server's task runs the app's own coroutine, which the span times itself.
+        span.host = current_task(loop)
         timeline.request_started(span)
         telemetry = self._telemetry
         if telemetry is not None:

@@ -173,7 +173,8 @@ class Timeline:
         step, as a pipelined request takes over the task the previous one started).
 
         A step that runs inside another timed step (an eager task's first step runs inside
-        ``create_task``) is taken out of the outer one, so no second is counted twice.
+        ``create_task``) is taken out of the outer one, so no second is counted twice. This
+        runs on every step of every request: the accounting is written out here, not called.
         """
         outer = self.nested
         outer_running = self.running
@@ -184,31 +185,28 @@ class Timeline:
             return step(*args)
         finally:
             elapsed = perf_counter() - began
-            inner = self.nested
+            seconds = elapsed - self.nested  # less the timed steps inside this one
             self.nested = outer + elapsed
             self.running = outer_running
             if span is None:
                 span = self.current()
             if span is not None:
-                self.step_ran(span, elapsed - inner)
-
-    def step_ran(self, span: SpanBook, seconds: float) -> None:
-        """One step of ``span``'s (or of a task it started) held the loop for ``seconds``."""
-        span.busy += seconds
-        if seconds > span.longest:
-            span.longest = seconds
-        if span.stretch_id == self.stretch_id:
-            span.stretch_time += seconds
-            if span.folded:
-                self.ran.append(span)  # folded already: fold the new part too
-        else:
-            span.stretch_id = self.stretch_id
-            span.stretch_time = seconds
-            span.folded = 0.0
-            self.ran.append(span)
-        if span.done:  # a task that outlived its request: its route still pays
-            route = span.route_label()
-            self.late_busy[route] = self.late_busy.get(route, 0.0) + seconds
+                span.busy += seconds
+                if seconds > span.longest:
+                    span.longest = seconds
+                sid = self.stretch_id
+                if span.stretch_id == sid:
+                    span.stretch_time += seconds
+                    if span.folded:
+                        self.ran.append(span)  # folded already: fold the new part too
+                else:
+                    span.stretch_id = sid
+                    span.stretch_time = seconds
+                    span.folded = 0.0
+                    self.ran.append(span)
+                if span.done:  # a task that outlived its request: its route still pays
+                    route = span.route_label()
+                    self.late_busy[route] = self.late_busy.get(route, 0.0) + seconds
 
     def request_started(self, span: SpanBook) -> None:
         self.in_flight.add(span)

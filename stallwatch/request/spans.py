@@ -36,6 +36,8 @@ class _TimedAwait:
     __slots__ = ()
 
     _coro: Any
+    _step: Any
+    """The app coroutine's ``send``, bound once."""
     timeline: Timeline
 
     def __await__(self) -> Generator[Any, Any, Any]:
@@ -45,7 +47,7 @@ class _TimedAwait:
         return self
 
     def send(self, value: Any = None) -> Any:
-        return self.timeline.run_step(self, self._coro.send, value)  # type: ignore[arg-type]
+        return self.timeline.run_step(self, self._step, value)  # type: ignore[arg-type]
 
     __next__ = send
 
@@ -92,6 +94,7 @@ class RequestSpan(_TimedAwait):
         "_coro",
         "_resolve",
         "_send",
+        "_step",
         "base",
         "base_less",
         "base_seq",
@@ -113,6 +116,11 @@ class RequestSpan(_TimedAwait):
         "trace",
     )
 
+    stretch_time: float
+    folded: float
+    ended: float
+    ended_in: int
+
     def __init__(
         self, timeline: Timeline, scope: Scope, send: Send, resolve: RouteResolver
     ) -> None:
@@ -129,17 +137,15 @@ class RequestSpan(_TimedAwait):
         """The longest of those steps: how long the request held the loop at once."""
         self.own_long = 0.0
         """Seconds the request held the loop inside long stretches already logged."""
-        # The timeline's bookkeeping for the stretch in progress (see Timeline.step_ran).
+        # The timeline's bookkeeping for the stretch in progress (see Timeline.run_step):
+        # no stretch yet, so its first step sets ``stretch_time`` and ``folded``.
         self.stretch_id = -1
-        self.stretch_time = 0.0
-        self.folded = 0.0
         self.route: str | None = None
         self.status = 0
         self.done = False
-        """Set when the response ended; tasks it started may still run and be charged."""
-        self.ended = 0.0
-        self.ended_in = -1
-        """When the request ended (perf_counter) and in which stretch (the timeline's)."""
+        """Set when the response ended; tasks it started may still run and be charged.
+        ``ended`` and ``ended_in`` (when, and in which of the timeline's stretches) are set
+        with it, and read only once it is."""
         self.trace: Any = None
         """With ``opentelemetry=True``: the request's server span (``otel.traces.ServerSpan``),
         kept here because no thread but the request's own can read its context."""
@@ -156,11 +162,14 @@ class RequestSpan(_TimedAwait):
         if self.route is None:
             self.route = UNMATCHED  # named now or never: the resolver needs the scope
         self.scope = _RELEASED
-        self._coro = self._send = _released
+        self._coro = self._step = self._send = _released
         self._resolve = _no_name
 
     def wrap(self, awaitable: Any) -> RequestSpan:
-        self._coro = awaitable if type(awaitable) is CoroutineType else awaitable.__await__()
+        coro = self._coro = (
+            awaitable if type(awaitable) is CoroutineType else awaitable.__await__()
+        )
+        self._step = coro.send
         return self
 
     # -- the send wrapper: the status, nothing else ------------------------------------------
