@@ -904,3 +904,12 @@ def test_a_moment_the_gil_was_held_past_is_counted_for_the_request_without_a_lin
     assert dog._profile(0.0101 + 0.05, since=0.0, stretch=0) is False
     [route] = p.snapshot().routes
     assert (route.route, route.lines[0].location) == ("/r", NO_STACK)
+
+
+def test_moments_that_passed_while_the_watchdog_was_parked_are_no_samples() -> None:
+    # The quiet loop's watchdog sleeps until the loop's poll returns: the moments it slept
+    # through found the loop polling; the wake-up itself was on time.
+    dog, p = watchdog_with(Span("/r"), step_began=0.0, stretch=[0])
+    assert dog._profile(0.5, since=0.4999, stretch=0, intended=0.6) is False
+    assert p.snapshot().samples == 0
+    assert dog._profiler.due == pytest.approx(0.51)

@@ -206,7 +206,9 @@ class Watchdog:
             self._stopped.append(now)
             self.stops_seen += 1
         since = links.held_since()
-        profiled = self._profile(now, since, ended) if self._profiler is not None else False
+        profiled = (
+            self._profile(now, since, ended, intended) if self._profiler is not None else False
+        )
         threshold = self.threshold
         if since is not None and now - since >= threshold:
             links.show_stall(now - since)
@@ -249,7 +251,9 @@ class Watchdog:
         profiler = self._profiler
         return timeout if profiler is None else max(0.0, min(timeout, profiler.due - now))
 
-    def _profile(self, now: float, since: float | None, stretch: int) -> bool:
+    def _profile(
+        self, now: float, since: float | None, stretch: int, intended: float | None = None
+    ) -> bool:
         """At a moment of the profile's grid, sample the loop if it is busy; True when a
         stack was read now (it serves a stall in progress too)."""
         profiler = self._profiler
@@ -259,6 +263,8 @@ class Watchdog:
             return False
         profiler.advance(now)
         profiler.settle(now)
+        if now - due > self.max_late and intended is not None and now - intended <= self.max_late:
+            return False  # parked while the loop polled, and woken when it stopped: no moment
         if since is None or since >= now:
             # Polling (uvloop's reader counts a poll in progress as the stretch to come), so
             # the GIL was free: the lateness is the OS's alone. An idle loop takes no sample.
