@@ -12,6 +12,7 @@ import gc
 import json
 import os
 import sysconfig
+import time
 import tracemalloc
 from collections.abc import Sequence
 from pathlib import Path
@@ -913,3 +914,28 @@ def test_moments_that_passed_while_the_watchdog_was_parked_are_no_samples() -> N
     assert dog._profile(0.5, since=0.4999, stretch=0, intended=0.6) is False
     assert p.snapshot().samples == 0
     assert dog._profiler.due == pytest.approx(0.51)
+
+
+def test_a_long_request_shows_in_the_profile_while_it_still_runs() -> None:
+    import threading
+
+    import httpx
+
+    from tests.servers import uvicorn
+
+    with uvicorn("tests.apps.profile_app:app") as base:
+        streaming = threading.Thread(
+            target=lambda: httpx.get(base + "/stream", params={"seconds": 4}, timeout=30)
+        )
+        streaming.start()
+        try:
+            deadline = time.monotonic() + 3.0
+            routes: list[str] = []
+            while time.monotonic() < deadline and "/stream" not in routes:
+                time.sleep(0.3)
+                view = httpx.get(base + "/_stallwatch/api/profile").json()
+                routes = [r["route"] for r in view["routes"]]
+            assert streaming.is_alive()  # still streaming: named before its end
+            assert "/stream" in routes, view
+        finally:
+            streaming.join()

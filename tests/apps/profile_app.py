@@ -3,6 +3,8 @@
 - ``/a?ms=N`` blocks the loop once, on the line marked ``# blocks: a``;
 - ``/b?ms=N`` blocks on the line marked ``# blocks: b``, then awaits a child task that blocks
   on ``# blocks: child`` (the child's time is ``/b``'s, as attribution says);
+- ``/stream?seconds=N`` streams for N seconds, blocking 5 ms before each chunk: a request
+  that lives long unnamed (its samples wait for its name, which the loop thread gives it);
 - ``/truth`` answers the seconds each marked line really held the loop since start, measured
   with ``perf_counter`` around the one statement, and the stallwatch monitor's uptime.
 
@@ -16,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
 from stallwatch import StallwatchMiddleware
@@ -72,6 +75,18 @@ async def route_b(request: Request) -> PlainTextResponse:
     return PlainTextResponse("b")
 
 
+async def stream(request: Request) -> StreamingResponse:
+    until = time.perf_counter() + float(request.query_params["seconds"])
+
+    async def chunks() -> AsyncIterator[bytes]:
+        while time.perf_counter() < until:
+            time.sleep(0.005)  # noqa: ASYNC251 - the block
+            yield b"."
+            await asyncio.sleep(0.005)
+
+    return StreamingResponse(chunks())
+
+
 async def truth(request: Request) -> JSONResponse:
     return JSONResponse(
         {"seconds": TRUTH, "lines": marked_lines(), "file": __file__, "now": time.perf_counter()}
@@ -83,6 +98,7 @@ app = StallwatchMiddleware(
         routes=[
             Route("/a", route_a),
             Route("/b", route_b),
+            Route("/stream", stream),
             Route("/truth", truth),
             Route("/", lambda request: PlainTextResponse("ok")),
         ]
