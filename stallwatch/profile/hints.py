@@ -19,6 +19,7 @@ and each module's imports are parsed once (``IMPORTS_CACHE`` modules at most).
 from __future__ import annotations
 
 import ast
+import functools
 import linecache
 import os
 import re
@@ -172,27 +173,34 @@ _MODULES: tuple[tuple[str, Hint | Callable[[str], Hint | None]], ...] = (
 )
 
 _SITE_MARKERS = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
-_STDLIB = tuple(
-    sorted(
-        {
-            os.path.join(os.path.realpath(sysconfig.get_paths()[key]), "")
-            for key in ("stdlib", "platstdlib")
-            if key in sysconfig.get_paths()
-        },
-        key=len,
-        reverse=True,
+
+
+@functools.cache
+def _stdlib() -> tuple[str, ...]:
+    """The standard library's folders, longest first; asked of ``sysconfig`` on first use,
+    not at import (importing stallwatch loads nothing but prometheus-client)."""
+    paths = sysconfig.get_paths()
+    return tuple(
+        sorted(
+            {
+                os.path.join(os.path.realpath(paths[key]), "")
+                for key in ("stdlib", "platstdlib")
+                if key in paths
+            },
+            key=len,
+            reverse=True,
+        )
     )
-)
 
 
-def library_module(filename: str, stdlib: Sequence[str] = _STDLIB) -> str | None:
+def library_module(filename: str, stdlib: Sequence[str] | None = None) -> str | None:
     """A library file's path inside its library folder, ``/``-separated (``requests/api.py``,
     ``urllib/request.py``, ``subprocess.py``), or None for anything else."""
     for marker in _SITE_MARKERS:
         _, found, rest = filename.partition(marker)
         if found:
             return rest.replace(os.sep, "/")
-    for root in stdlib:
+    for root in _stdlib() if stdlib is None else stdlib:
         if filename.startswith(root):
             return filename[len(root) :].replace(os.sep, "/")
     return None
