@@ -78,6 +78,9 @@ class StallEvent:
     """For a stall in a task that a request started: the request's line that started it."""
     frozen: dict[str, float] = field(default_factory=dict)
     """Seconds the victims of each route waited in the stall, all of them together."""
+    pool_threads: float | None = None
+    """Threads of the pools (the default executor, anyio's) running work during the stall,
+    on average: what a ``starvation`` stall competed with for the GIL and the CPU."""
     trace: object = None
     """With ``opentelemetry=True``: the OpenTelemetry span context of the stall's own span
     (``event loop stall``, in the culprit request's trace), else None."""
@@ -99,6 +102,7 @@ class StallEvent:
             "task": self.task,
             "gc_seconds": self.gc_seconds,
             "loop_cpu_ratio": self.loop_cpu_ratio,
+            "pool_threads": self.pool_threads,
             "stacks": [
                 {"count": s.count, "frames": [str(f) for f in s.frames]} for s in self.stacks
             ],

@@ -84,14 +84,19 @@ class _QuietHandler(WSGIRequestHandler):
 _Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
-def _wsgi_app(registry: CollectorRegistry, report: ReportResponder | None) -> _Wsgi:
+def _wsgi_app(
+    registry: CollectorRegistry,
+    report: ReportResponder | None,
+    liveness: ReportResponder | None = None,
+) -> _Wsgi:
     """prometheus-client's own WSGI app for every path (content negotiation, gzip, ``name[]``
-    filters), except the report's paths, which the report answers."""
+    filters), except ``/livez`` and the report's paths, which they answer."""
     metrics = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
-        if report is None or not report.handles(path):
+        responder = liveness if liveness is not None and liveness.handles(path) else report
+        if responder is None or not responder.handles(path):
             result: Iterable[bytes] = metrics(environ, start_response)
             return result
         headers = {
@@ -99,7 +104,7 @@ def _wsgi_app(registry: CollectorRegistry, report: ReportResponder | None) -> _W
             for key, value in environ.items()
             if key.startswith("HTTP_")
         }
-        status, response_headers, body = report.respond(
+        status, response_headers, body = responder.respond(
             environ.get("REQUEST_METHOD", "GET"),
             path,
             headers,
@@ -124,6 +129,7 @@ def start_metrics_server(
     host: str = "127.0.0.1",
     registry: CollectorRegistry | None = None,
     report: ReportResponder | None = None,
+    liveness: ReportResponder | None = None,
 ) -> tuple[WSGIServer, threading.Thread]:
     """Serve the metrics (and ``report``'s paths, if given) on ``host:port`` from a daemon
     thread; returns (server, thread). Stop it with ``server.shutdown(); server.server_close()``.
@@ -135,7 +141,7 @@ def start_metrics_server(
     class Server(_ThreadingServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
-    app = _wsgi_app(exposition_registry(registry), report)
+    app = _wsgi_app(exposition_registry(registry), report, liveness)
     server = make_server(host.strip("[]"), port, app, Server, handler_class=_QuietHandler)
     thread = threading.Thread(
         target=server.serve_forever, name="stallwatch-metrics-server", daemon=True

@@ -29,6 +29,13 @@ HOLD_BUCKETS: tuple[float, ...] = (
 """A step of an ``await``-ing handler takes tens of microseconds; a blocking one, milliseconds."""
 
 
+EXECUTOR_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+)  # fmt: skip
+"""A free thread takes work within ~100 us; a saturated pool makes it wait seconds."""
+
+
 def validate_buckets(name: str, buckets: Sequence[float]) -> tuple[float, ...]:
     values = tuple(float(b) for b in buckets)
     if not values or any(b <= 0 for b in values) or list(values) != sorted(set(values)):
@@ -48,6 +55,11 @@ class Metrics:
     loop_busy: Counter
     frozen_seconds: Counter
     frozen_requests: Counter
+    executor_queue_wait: Histogram
+    executor_run: Histogram
+    executor_threads: Gauge
+    executor_waiting: Gauge
+    requests_shed: Counter
     lag_buckets: tuple[float, ...]
     request_buckets: tuple[float, ...]
 
@@ -180,6 +192,40 @@ def unregistered_metrics(lag: tuple[float, ...], req: tuple[float, ...]) -> Metr
             "stallwatch_requests_frozen",
             "Requests of a route that were frozen for at least the floor by a culprit.",
             ["route", "culprit"],
+            registry=None,
+        ),
+        executor_queue_wait=Histogram(
+            "stallwatch_executor_queue_wait_seconds",
+            "Seconds work handed to a thread pool waited to start, by the route that handed it.",
+            ["pool", "route"],
+            buckets=EXECUTOR_BUCKETS,
+            registry=None,
+        ),
+        executor_run=Histogram(
+            "stallwatch_executor_run_seconds",
+            "Seconds work handed to a thread pool ran, by the route that handed it.",
+            ["pool", "route"],
+            buckets=EXECUTOR_BUCKETS,
+            registry=None,
+        ),
+        executor_threads=Gauge(
+            "stallwatch_executor_threads",
+            "A thread pool's size: threads running work (busy) and the rest (idle).",
+            ["pool", "state"],
+            registry=None,
+            multiprocess_mode="livesum",
+        ),
+        executor_waiting=Gauge(
+            "stallwatch_executor_waiting",
+            "Work handed to a thread pool that has not started yet.",
+            ["pool"],
+            registry=None,
+            multiprocess_mode="livesum",
+        ),
+        requests_shed=Counter(
+            "stallwatch_requests_shed",
+            "New requests answered 503 before the app saw them, while the loop lagged.",
+            ["route"],
             registry=None,
         ),
         lag_buckets=lag,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .errors import InternalErrors
 from .exposition import metrics_app, start_metrics_server
+from .liveness import Liveness, LoopReading, read_monitor
 from .loop.timeline import Timeline
 from .metrics import (
     LAG_BUCKETS,
@@ -35,6 +36,7 @@ from .request.spans import RequestSpan
 from .request.tally import RequestMetrics
 from .request.tasks import CURRENT, current_task
 from .routes import UNMATCHED, RouteResolver, default_resolver
+from .shedding import Shedder
 
 if TYPE_CHECKING:
     from .otel.requests import RequestTelemetry
@@ -95,6 +97,13 @@ class StallwatchMiddleware:
         self.monitor: LoopMonitor | None = None
         self._owns_monitor = False
         self._requests = RequestMetrics(self.metrics, group_status=options_.group_status)
+        self._shedder = (
+            None
+            if options_.shed_lag is None
+            else Shedder(
+                options_.shed_lag, self._recent_lag, self._shed_route, metrics.requests_shed
+            )
+        )
         self._telemetry: RequestTelemetry | None = None
         if self.monitor_options.opentelemetry:
             from .otel import request_telemetry  # OpenTelemetry is imported only when asked for
@@ -128,6 +137,12 @@ class StallwatchMiddleware:
             ):
                 await report(scope, receive, send)
                 return
+            shedder = self._shedder
+            if shedder is not None:  # new requests only: nothing past this line is refused
+                lag = shedder.lag()
+                if lag is not None and lag > shedder.shed_lag:
+                    await shedder.refuse(scope, send, lag)
+                    return
         try:
             span = self._open(scope, send)
         except Exception:
@@ -228,6 +243,38 @@ class StallwatchMiddleware:
         if top is not None and callable(bind):
             bind(top)
 
+    def _recent_lag(self) -> float | None:
+        monitor = self.monitor
+        if monitor is None or not monitor.running:
+            return None  # not watching yet: nothing to judge by
+        try:
+            return monitor.recent_lag()
+        except Exception:
+            self._internal_error("middleware")
+            return None
+
+    def _shed_route(self, scope: Scope) -> str:
+        if self._bind_app:
+            self._bind(scope)
+        return self._resolve(scope) or UNMATCHED
+
+    def _liveness(self) -> Liveness:
+        """``/livez`` for the off-loop server; the report's access rules decide who also sees
+        the culprit route and line, whether the report is served or not."""
+        options = self.options
+        access = self._report or ReportApp(
+            lambda: None, path=options.report_path, token=options.report_token
+        )
+
+        def read(detail: bool) -> LoopReading:
+            return read_monitor(self.monitor, perf_counter(), detail=detail)
+
+        return Liveness(
+            read,
+            options.liveness_timeout,
+            lambda headers, client: access.refusal(headers, client) is None,
+        )
+
     def _contained_resolve(self, scope: Scope) -> str | None:
         # The timeline names routes from inside the loop's poll, where an exception would
         # stop the event loop: a resolver that raises (a user's) names the request unmatched.
@@ -296,6 +343,7 @@ class StallwatchMiddleware:
                 self.options.metrics_host,
                 self.monitor_options.registry,
                 report=self._report,
+                liveness=self._liveness(),
             )
         except OSError as exc:
             # Tried once; the app keeps serving without it (with many workers, only the

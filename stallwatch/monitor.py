@@ -27,6 +27,7 @@ from .loop.probes import Probe, choose_probe
 from .loop.timeline import Stretch, Timeline
 from .metrics import Metrics, metrics_for
 from .options import MonitorOptions, monitor_options
+from .pools import PoolMetrics, PoolWatch
 from .profile import LoopProfile, ProfileSampler
 from .request.tasks import CURRENT, TaskAttribution
 from .stall.gcwatch import GC_WATCH
@@ -102,6 +103,9 @@ class LoopMonitor:
         self._tasks: TaskAttribution | None = None
         self._watchdog: Watchdog | None = None
         self._heartbeat: Heartbeat | None = None
+        self._pools: PoolWatch | None = None
+        self.sampler: StackSampler | None = None
+        """The loop thread's stack reader (``/livez`` names the line holding the loop)."""
         self._flushers: list[Callable[[], None]] = []
 
     # -- public ----------------------------------------------------------------------------------
@@ -180,6 +184,19 @@ class LoopMonitor:
             loop, timeline, sampler.started_by, lambda: self.internal_error("tasks")
         )
         self._tasks.install()
+        self.sampler = sampler
+        metrics = self.metrics
+        pools = self._pools = PoolWatch(
+            loop,
+            PoolMetrics(
+                metrics.executor_queue_wait,
+                metrics.executor_run,
+                metrics.executor_threads,
+                metrics.executor_waiting,
+            ),
+            lambda: self.internal_error("pools"),
+        )
+        pools.install()
         tasks = self._tasks
         if self._profiler is not None:
             self.remove_flusher(self._profiler.name_pending)  # a previous run's
@@ -199,6 +216,7 @@ class LoopMonitor:
                 on_error=lambda: self.internal_error("watchdog", once=True),
                 show_stall=self.metrics.stall_in_progress.set,
                 loop_closed=self.stop,
+                pool_busy=pools.busy_seconds,
                 running=lambda: timeline.running,
                 step_began=lambda: timeline.step_began,
                 stretch_id=lambda: timeline.stretch_id,
@@ -264,6 +282,8 @@ class LoopMonitor:
             self._probe.uninstall()
         if self._tasks is not None:
             self._tasks.uninstall()
+        if self._pools is not None:
+            self._pools.uninstall()
 
     async def __aenter__(self) -> LoopMonitor:
         self.start()
@@ -276,6 +296,16 @@ class LoopMonitor:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    @property
+    def pools(self) -> PoolWatch | None:
+        """The default executor and anyio's limiter of this loop, while watched."""
+        return self._pools
+
+    def recent_lag(self) -> float:
+        """How late a callback due now would run (any thread; shedding and ``/livez``)."""
+        heartbeat = self._heartbeat
+        return heartbeat.recent_lag() if heartbeat is not None else 0.0
 
     # -- the heartbeat (loop thread) ---------------------------------------------------------
 

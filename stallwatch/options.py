@@ -138,6 +138,10 @@ class MiddlewareOptions:
     """Add ``Server-Timing: loop-hold;dur=…, loop-frozen;dur=…`` to every HTTP response."""
     group_status: bool = False
     """Label requests by status class (``2xx``) instead of code, for apps returning many."""
+    liveness_timeout: float = 10.0
+    """``/livez`` on ``metrics_port`` answers 503 once the loop has not polled for this long."""
+    shed_lag: float | None = None
+    """Answer new requests 503 while the loop's recent lag is above this (off when None)."""
 
     def __post_init__(self) -> None:
         if self.route_resolver is not None and not callable(self.route_resolver):
@@ -159,6 +163,9 @@ class MiddlewareOptions:
             _flag(name, getattr(self, name))
         check_path(self.report_path)
         check_token(self.report_token)
+        _seconds("liveness_timeout", self.liveness_timeout, 0.001, 3600.0)
+        if self.shed_lag is not None:
+            _seconds("shed_lag", self.shed_lag, 0.001, 60.0)
 
 
 def check_port(port: object) -> int:

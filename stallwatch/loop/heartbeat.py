@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
 
+from ..shedding import recent_lag
 from .probes import Probe
 from .timeline import Timeline
 
@@ -69,6 +70,8 @@ class Heartbeat:
         self._running = False
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
+        self._due_at = perf_counter()  # the same moment on perf_counter: any thread reads it
+        self._lateness = 0.0
         self._weight = 1
         self._seen = 0  # beats recorded from stretches since the last beat (quiet only)
         self._covered = 0.0  # loop time up to which stretches were recorded (quiet only)
@@ -92,6 +95,7 @@ class Heartbeat:
     def _schedule(self) -> None:
         self._weight = QUIET_FACTOR if self.quiet else 1
         self._due = self._loop.time() + self.interval * self._weight
+        self._due_at = perf_counter() + self.interval * self._weight
         self._handle = self._loop.call_at(self._due, self._beat)
 
     def _beat(self) -> None:
@@ -101,6 +105,7 @@ class Heartbeat:
             now = perf_counter()
             lateness = self._loop.time() - self._due
             stops = self._links.stops_seen()
+            self._lateness = lateness if stops == self._stops else 0.0
             if stops != self._stops:
                 self._stops = stops  # the loop was stopped since: that wait was nobody's lag
             elif self._due <= self._covered:
@@ -138,6 +143,11 @@ class Heartbeat:
         observe = self._links.observe
         for _ in range(beats):
             observe(lag)
+
+    def recent_lag(self) -> float:
+        """How late a callback due now would run: the last beat's lateness, or how overdue
+        the next beat already is (any thread; what shedding and ``/livez`` read)."""
+        return recent_lag(self._lateness, perf_counter() - self._due_at)
 
     # -- quiet, and back --------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from urllib.parse import parse_qs
 
 from .._types import Receive, Scope, Send
 from ..options import check_path, check_token
+from ..pools.readings import pools_view
 from ..profile import folded, profile_view
 from .data import causes_view, loop_view, stalls_view, summary
 
@@ -249,7 +250,12 @@ class ReportApp:
             return self._profile(monitor, window, query, method, now)
         history = getattr(monitor, "history", None)
         snapshot = history.snapshot(window) if history is not None else None
-        data = {"generated_at": now, "monitor": _monitor_info(monitor), **loop_view(snapshot)}
+        data = {
+            "generated_at": now,
+            "monitor": _monitor_info(monitor),
+            **loop_view(snapshot),
+            "pools": _pools(monitor),
+        }
         return _json(200, data, method)
 
     def _profile(
@@ -306,6 +312,14 @@ class ReportApp:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def _pools(monitor: LoopMonitor | None) -> list[dict[str, Any]]:
+    """The thread pools' section: each pool now, and the routes whose work waited most."""
+    watch = getattr(monitor, "pools", None)
+    if watch is None:
+        return []
+    return pools_view(watch.readings(), watch.routes())
 
 
 def _monitor_info(monitor: LoopMonitor | None) -> dict[str, Any]:

@@ -35,11 +35,16 @@ class StallLog:
         self._tokens -= 1.0
         suppressed, self._suppressed = self._suppressed, 0
         started = f" in a task started at {event.started_by}" if event.started_by else ""
+        pools = getattr(event, "pool_threads", None)
+        # Starved by what? The pool threads that ran meanwhile, when any did.
+        cause: str = event.cause
+        if cause == "starvation" and pools:
+            cause = f"starvation, {pools:g} pool threads running"
         hint = event_hint(event)
         logger.warning(
             "event loop stalled for %.1f ms (%s%s) by %s at %s%s; victims in flight: %s%s%s",
             event.duration * 1e3,
-            event.cause,
+            cause,
             ", allowed" if event.allowed else "",
             event.culprit,
             location(event, detail=True),

@@ -27,6 +27,7 @@ from time import perf_counter
 from ..decisions import Evidence, culprits, decide_cause, samples_after_the_block
 from ..events import Frame, StallEvent
 from ..loop.stretch import Stretch
+from ..pools.readings import threads_during
 from ..profile.sampler import Payer, ProfileSampler
 from .gcwatch import GC_WATCH
 from .sampling import RawStack, StackSampler, aggregate
@@ -56,6 +57,7 @@ class _Counters:
     thread_cpu: float | None
     process_cpu: float
     run_queue_wait: float | None
+    pool_busy: float = 0.0
 
 
 PARKED = 0.1
@@ -81,6 +83,8 @@ class WatchdogLinks:
     """Sets the stall-in-progress gauge (0 when none is)."""
     loop_closed: Callable[[], None]
     """The loop was closed under a running monitor: stop watching."""
+    pool_busy: Callable[[], float] = float
+    """Seconds pool threads have run work so far (``pools.PoolWatch.busy_seconds``)."""
     running: Callable[[], Payer | None] = lambda: None
     """The request whose step runs now, None for none (the profile charges it)."""
     step_began: Callable[[], float] = lambda: 0.0
@@ -318,6 +322,7 @@ class Watchdog:
             thread_cpu=self._stats.cpu(),
             process_cpu=time.process_time(),
             run_queue_wait=self._stats.run_queue_wait(),
+            pool_busy=self._links.pool_busy(),
         )
 
     # -- turning stretches into events --------------------------------------------------------
@@ -378,8 +383,13 @@ class Watchdog:
                 gil=GIL,
             )
         )
+        # Pool threads that ran in the window, on average: what starvation competed with.
+        pool_busy, now = self._links.pool_busy(), perf_counter()
+        pool_threads = threads_during(mark.pool_busy, pool_busy, now - mark.at)
         # The next window starts where this one ended, with the loop thread's own readings.
-        self._mark = _Counters(stretch.end, stretch.thread_cpu, stretch.process_cpu, wait_now)
+        self._mark = _Counters(
+            stretch.end, stretch.thread_cpu, stretch.process_cpu, wait_now, pool_busy
+        )
 
         culprit, shares = culprits(stretch.holders, stretch.duration)
         aggregated = aggregate(stacks)
@@ -402,5 +412,6 @@ class Watchdog:
             loop_cpu_ratio=cpu_ratio,
             allowed=stretch.allowed,
             started_by=started.most_common(1)[0][0] if started else None,
+            pool_threads=None if pool_threads is None else round(pool_threads, 1),
             trace=stretch.trace,
         )
