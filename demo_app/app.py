@@ -23,6 +23,7 @@ import asyncio
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -119,13 +120,19 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Seeding takes a moment of SQLite work: off the loop, or it would be the first stall.
         await asyncio.to_thread(cache.open)
+        # The pool is the loop's default executor, as in an app that sized it: what
+        # run_in_executor(None, ...) and asyncio.to_thread use, and stallwatch's "default" pool.
+        if cache.pool is not None:
+            asyncio.get_running_loop().set_default_executor(cache.pool)
         state.set(state.mode)  # the gauge starts at startup, not when the module is imported
         if on_ready is not None:
             on_ready(cache)
         try:
             yield
         finally:
-            await asyncio.to_thread(cache.close)
+            # Not on the pool it shuts down: a thread of its own.
+            with ThreadPoolExecutor(1, thread_name_prefix="demo-close") as closer:
+                await asyncio.get_running_loop().run_in_executor(closer, cache.close)
 
     # OpenTelemetry when OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER ask for it (otel.py).
     telemetry = configure()

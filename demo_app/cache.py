@@ -163,4 +163,5 @@ async def read_in_executor(cache: SqliteCache, key: str) -> str | None:
     CPU instead of for SQLite; ``--executor-threads`` sets the pool size to show the trade-off.
     """
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(cache.pool, read_blocking, cache, key)
+    # The loop's default executor is the cache's pool (set at startup), as an app's would be.
+    return await loop.run_in_executor(None, read_blocking, cache, key)

@@ -128,6 +128,18 @@ def causes_text(step: Step) -> str:
     return ", ".join(f"{c} {n:.0f}" for c, n in sorted(causes.items(), key=lambda kv: -kv[1]))
 
 
+def pool_text(step: Step) -> str:
+    """The pool beside the loop: how long reads waited for a thread, how many threads ran."""
+    server = step.server
+    wait = server.pool_wait
+    threads = server.pool_run.total / step.duration if step.duration > 0 else float("nan")
+    size = f" of {step.threads}" if step.threads is not None else ""
+    return (
+        f"pool: {wait.count:.0f} jobs waited p99 {ms(wait.quantile(0.99), 0)} ms "
+        f"(mean {ms(wait.mean(), 0)} ms) for a thread; {threads:.1f}{size} threads busy on average"
+    )
+
+
 def diagnosis(step: Step) -> list[str]:
     server = step.server
     lag = server.lag
@@ -135,6 +147,8 @@ def diagnosis(step: Step) -> list[str]:
         f"{'':{LEAD}}loop lag p99 {ms(lag.quantile(0.99), 0)} ms, "
         f"max <= {ms(lag.max_bound(), 0)} ms (stallwatch, {lag.count:.0f} beats)"
     ]
+    if server.pool_wait.count:
+        lines.append(f"{'':{LEAD}}{pool_text(step)}")
     stalls = sum(server.stalls.values())
     if not stalls:
         lines.append(f"{'':{LEAD}}stalls: none")

@@ -22,6 +22,8 @@ REQUESTS = "stallwatch_http_request_duration_seconds"
 STALLS = "stallwatch_event_loop_stalls_total"
 FROZEN = "stallwatch_request_frozen_seconds_total"
 BUSY = "stallwatch_route_loop_busy_seconds_total"
+POOL_WAIT = "stallwatch_executor_queue_wait_seconds"
+POOL_RUN = "stallwatch_executor_run_seconds"
 
 
 def parse(text: str) -> Samples:
@@ -122,6 +124,10 @@ class ServerView:
     """(culprit, cause) -> number of stalls."""
     busy: dict[str, float]
     """Route -> seconds its requests held the loop."""
+    pool_wait: Histogram = Histogram((), 0.0)
+    """How long the work handed to the loop's default executor waited for a thread."""
+    pool_run: Histogram = Histogram((), 0.0)
+    """How long it ran: its sum over the step's duration is the threads busy on average."""
 
     def frozen_per_request(self, route: str, culprit: str | None = None) -> float:
         """Mean seconds one request of ``route`` was frozen (by ``culprit``, or by anyone)."""
@@ -149,6 +155,8 @@ def server_view(before: Samples, after: Samples, routes: Iterable[str]) -> Serve
             for (culprit, cause), n in by_labels(step, STALLS, ("culprit", "cause")).items()
         },
         busy={route: seconds for (route,), seconds in by_labels(step, BUSY, ("route",)).items()},
+        pool_wait=histogram(step, POOL_WAIT, pool="default"),
+        pool_run=histogram(step, POOL_RUN, pool="default"),
     )
 
 

@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .report import CACHE, PING, Step, causes_text, mode_label, ms, short_frame
+from .report import CACHE, PING, Step, causes_text, mode_label, ms, pool_text, short_frame
 from .scrape import StallLine
 
 REFERENCE_LOAD = 0.60
@@ -113,6 +113,7 @@ def _executor_line(check: Check, step: Step) -> str:
         f"{step.server.frozen_per_request(PING, CACHE) * 1e3:.2f} ms per /ping frozen by {CACHE} "
         f"({check.removed(step):.0%} of it removed), /ping p99 {ms(step.p99(PING), 0)} ms, "
         f"{CACHE} p99 {ms(step.p99(CACHE), 0)} ms; stalls: {stalls or 'none'}"
+        + (f"; {pool_text(step)}" if step.server.pool_wait.count else "")
     )
 
 
