@@ -15,7 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
+from starlette.responses import PlainTextResponse
 
+from stallwatch import MiddlewareOptions, StallwatchMiddleware
 from stallwatch.liveness import PATH, Liveness, LoopReading, body, verdict
 from tests.servers import free_port, uvicorn
 
@@ -99,6 +102,42 @@ def test_a_reading_that_fails_is_not_alive() -> None:
     status, _, data = Liveness(broken, 1.0, refuses).respond("GET", PATH, {}, None)
     assert status == 503
     assert json.loads(data) == {"status": "stopped", "timeout": 1.0}
+
+
+@pytest.mark.parametrize("value", [-1, 0, "10", float("nan"), None, True, 3601])
+def test_a_bad_liveness_timeout_is_a_value_error_naming_it(value: object) -> None:
+    with pytest.raises(ValueError, match="liveness_timeout"):
+        MiddlewareOptions(liveness_timeout=value)  # type: ignore[arg-type]
+    assert MiddlewareOptions().liveness_timeout == 10.0
+
+
+def test_detail_follows_the_reports_access_rules() -> None:
+    """Loopback clients, or with ``report_token`` its holders only; the report on or off."""
+    app = PlainTextResponse("x")
+    open_ = StallwatchMiddleware(app, registry=CollectorRegistry())._liveness()
+    assert open_.respond("GET", PATH, {}, "127.0.0.1")[0] == 503  # no loop watched yet
+    seen: list[bool] = []
+
+    def read(detail: bool) -> LoopReading:
+        seen.append(detail)
+        return LoopReading(True, 30.0, 30.0, "/block/{ms}", "app.py:14 in block")
+
+    for middleware, headers, client in [
+        (StallwatchMiddleware(app, registry=CollectorRegistry()), {}, "127.0.0.1"),
+        (StallwatchMiddleware(app, registry=CollectorRegistry()), {}, "10.1.2.3"),
+        (StallwatchMiddleware(app, registry=CollectorRegistry(), report_token="s3"), {}, "::1"),
+        (
+            StallwatchMiddleware(app, registry=CollectorRegistry(), report_token="s3"),
+            {"authorization": "Bearer s3"},
+            "10.1.2.3",
+        ),
+    ]:
+        livez = middleware._liveness()
+        livez._read = read
+        status, _, data = livez.respond("GET", PATH, headers, client)
+        assert status == 503
+        assert ("line" in json.loads(data)) is seen[-1]
+    assert seen == [True, False, False, True]
 
 
 # -- real uvicorn ---------------------------------------------------------------------------

@@ -509,3 +509,46 @@ def test_the_reports_view_ranks_routes_by_their_waiting() -> None:
     assert anyio_pool == {
         "pool": ANYIO, "busy": 0, "idle": None, "capacity": None, "waiting": 0, "routes": []
     }  # fmt: skip
+
+
+# -- through a LoopMonitor: a stall says how many pool threads ran in it -------------------------
+
+
+def hold_the_loop(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_stall_says_how_many_pool_threads_ran_during_it(loop: str) -> None:
+    """Four default-executor jobs running while the loop is held 150 ms: the stall event says
+    about four pool threads; the monitor's own pools are what the report shows."""
+    from stallwatch import LoopMonitor
+
+    async def main() -> tuple[list[Any], list[PoolReading]]:
+        async with LoopMonitor(registry=CollectorRegistry(), stall_threshold=0.05) as monitor:
+            loop_ = asyncio.get_running_loop()
+            loop_.set_default_executor(concurrent.futures.ThreadPoolExecutor(4))
+            started = threading.Barrier(5)
+
+            def job() -> None:
+                started.wait(5)
+                time.sleep(0.3)
+
+            jobs = [loop_.run_in_executor(None, job) for _ in range(4)]
+            started.wait(5)  # holds the loop until the four run (a short stall of its own)
+            hold_the_loop(0.15)  # the stall
+            await asyncio.gather(*jobs)
+            assert monitor.settle(2.0)
+            watch = monitor.pools
+            assert watch is not None
+            return [e for e in monitor.recent_stalls() if e.duration >= 0.14], list(
+                watch.readings()
+            )
+
+    runner = uvloop.run if loop == "uvloop" else asyncio.run
+    stalls, readings = runner(main())
+    assert len(stalls) == 1
+    assert stalls[0].pool_threads is not None
+    assert 2.5 <= stalls[0].pool_threads <= 4.0, stalls[0].pool_threads
+    assert stalls[0].to_dict()["pool_threads"] == stalls[0].pool_threads
+    assert readings[0] == PoolReading(DEFAULT, 0, 0, 4)

@@ -14,7 +14,9 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter
+from starlette.responses import PlainTextResponse
 
+from stallwatch import MiddlewareOptions, StallwatchMiddleware
 from stallwatch.shedding import (
     BODY,
     STATUS,
@@ -120,7 +122,37 @@ async def offer(base: str, path: str, rate: float, duration: float) -> list[Answ
     await asyncio.gather(*(one(start + i / rate) for i in range(round(rate * duration))))
     for _, writer in idle:
         writer.close()
+        await writer.wait_closed()
     return answers
+
+
+async def overload(base: str, duration: float) -> tuple[list[Answer], list[Answer]]:
+    """150 % of capacity on ``/work``, and ten scrapes of ``/metrics`` spread over it."""
+
+    host, port = base.removeprefix("http://").split(":")
+
+    async def scrape() -> Answer:
+        began = time.monotonic()
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        data = await asyncio.wait_for(reader.read(), 60)
+        writer.close()
+        await writer.wait_closed()
+        head = data.split(b"\r\n\r\n", 1)[0].lower()
+        status = int(head.split(b" ", 2)[1])
+        return Answer(status, time.monotonic() - began, b"\r\nretry-after: " in head)
+
+    async def scrapes() -> list[Answer]:
+        answers: list[Answer] = []
+        for _ in range(10):
+            await asyncio.sleep(duration / 11)
+            answers.append(await scrape())
+        return answers
+
+    load, scraped = await asyncio.gather(
+        offer(base, "/work", rate=1.5 / WORK, duration=duration), scrapes()
+    )
+    return load, scraped
 
 
 def p99(values: list[float]) -> float:
@@ -134,9 +166,11 @@ def test_overload_sheds_new_requests_and_keeps_the_admitted_fast(loop: str) -> N
     only requests the app never saw are refused, each with Retry-After, each counted."""
     env = {"SW_WORK": str(WORK), "SW_SHED_LAG": "0.05"}
     with uvicorn(APP, args=("--loop", loop), env=env, ready_path="/state") as base:
-        answers = asyncio.run(offer(base, "/work", rate=1.5 / WORK, duration=4.0))
+        answers, scrapes = asyncio.run(overload(base, duration=4.0))
         metrics = Metrics(httpx.get(f"{base}/metrics", timeout=10).text)
         state = httpx.get(f"{base}/state", timeout=10).json()
+    # The metrics path is never refused: ten scrapes through the overload all answered.
+    assert [a.status for a in scrapes] == [200] * 10
     admitted = [a for a in answers if a.status == 200]
     refused = [a for a in answers if a.status == 503]
     assert len(admitted) + len(refused) == len(answers) == 600
@@ -149,6 +183,20 @@ def test_overload_sheds_new_requests_and_keeps_the_admitted_fast(loop: str) -> N
     assert metrics.value("stallwatch_requests_shed_total", route="/work") == len(refused)
     # It served close to its capacity meanwhile: shedding refused what it could not serve.
     assert len(admitted) >= 0.5 * 4.0 / WORK
+
+
+@pytest.mark.parametrize("value", [-0.05, 0, 0.0, "0.05", float("nan"), float("inf"), True, 61])
+def test_a_bad_shed_lag_is_a_value_error_naming_it(value: object) -> None:
+    with pytest.raises(ValueError, match="shed_lag"):
+        MiddlewareOptions(shed_lag=value)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="shed_lag"):
+        StallwatchMiddleware(PlainTextResponse("x"), registry=CollectorRegistry(), shed_lag=value)
+
+
+def test_shedding_is_off_by_default() -> None:
+    assert MiddlewareOptions().shed_lag is None
+    middleware = StallwatchMiddleware(PlainTextResponse("x"), registry=CollectorRegistry())
+    assert middleware._shedder is None
 
 
 def test_with_shedding_off_nothing_is_refused() -> None:
