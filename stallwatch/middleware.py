@@ -255,7 +255,10 @@ class StallwatchMiddleware:
 
     def _shed_route(self, scope: Scope) -> str:
         if self._bind_app:
-            self._bind(scope)
+            try:
+                self._bind(scope)
+            except Exception:  # named unmatched, refused all the same
+                self._internal_error("middleware")
         return self._resolve(scope) or UNMATCHED
 
     def _liveness(self) -> Liveness:
