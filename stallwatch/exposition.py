@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from socketserver import ThreadingMixIn
 from typing import Any, Protocol
@@ -18,7 +18,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import REGISTRY, CollectorRegistry, make_asgi_app, make_wsgi_app
 
-from ._types import ASGIApp, Receive, Scope, Send
+from ._types import ASGIApp, PlainRequest, Receive, Response, Scope, Send
 from .monitor import get_monitor
 from .multiprocess import MultiProcessCollector  # reads under the dead-worker cleanup's lock
 from .options import check_port
@@ -61,14 +61,7 @@ class ReportResponder(Protocol):
 
     def handles(self, path: str) -> bool: ...
 
-    def respond(
-        self,
-        method: str,
-        path: str,
-        headers: Mapping[str, str],
-        client_host: str | None,
-        query: str = "",
-    ) -> tuple[int, list[tuple[str, str]], bytes]: ...
+    def respond(self, request: PlainRequest) -> Response: ...
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
@@ -105,11 +98,13 @@ def _wsgi_app(
             if key.startswith("HTTP_")
         }
         status, response_headers, body = responder.respond(
-            environ.get("REQUEST_METHOD", "GET"),
-            path,
-            headers,
-            environ.get("REMOTE_ADDR"),
-            environ.get("QUERY_STRING", ""),
+            PlainRequest(
+                environ.get("REQUEST_METHOD", "GET"),
+                path,
+                headers,
+                environ.get("REMOTE_ADDR"),
+                environ.get("QUERY_STRING", ""),
+            )
         )
         start_response(f"{status} {_reason(status)}", response_headers)
         return [body]

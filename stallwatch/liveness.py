@@ -20,13 +20,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from ._types import PlainRequest, Response
 from .events import Frame
 from .stall.location import frame_text
 
 PATH = "/livez"
 
 Status = Literal["alive", "held", "stopped"]
-Response = tuple[int, list[tuple[str, str]], bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,15 +158,9 @@ class Liveness:
     def handles(self, path: str) -> bool:
         return path == PATH
 
-    def respond(
-        self,
-        method: str,
-        path: str,
-        headers: Mapping[str, str],
-        client_host: str | None,
-        query: str = "",
-    ) -> Response:
+    def respond(self, request: PlainRequest) -> Response:
         """The whole answer; ``headers`` keyed by lower-case name."""
+        method, headers, client_host = request.method, request.headers, request.client_host
         if method not in ("GET", "HEAD"):
             reply = b"Method Not Allowed\n"
             return (

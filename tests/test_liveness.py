@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from starlette.responses import PlainTextResponse
 
 from stallwatch import MiddlewareOptions, StallwatchMiddleware
+from stallwatch._types import PlainRequest
 from stallwatch.liveness import PATH, Liveness, LoopReading, body, verdict
 from tests.servers import free_port, uvicorn
 
@@ -72,11 +73,11 @@ def test_respond() -> None:
     livez = Liveness(lambda detail: readings.pop(0), 1.0, loopback_only)
     assert livez.handles(PATH)
     assert not livez.handles("/livez/")
-    status, headers, data = livez.respond("GET", PATH, {}, "10.0.0.7")
+    status, headers, data = livez.respond(PlainRequest("GET", PATH, {}, "10.0.0.7"))
     assert status == 200
     assert ("Cache-Control", "no-store") in headers
     assert json.loads(data) == {"status": "alive", "timeout": 1.0, "held_for": 0.0, "lag": 0.002}
-    status, headers, data = livez.respond("GET", PATH, {}, "127.0.0.1")
+    status, headers, data = livez.respond(PlainRequest("GET", PATH, {}, "127.0.0.1"))
     assert status == 503
     assert json.loads(data)["line"] == "app.py:14 in block"
     assert dict(headers)["Content-Length"] == str(len(data))
@@ -84,10 +85,10 @@ def test_respond() -> None:
 
 def test_head_and_other_methods() -> None:
     livez = Liveness(lambda detail: HELD, 1.0, loopback_only)
-    status, headers, data = livez.respond("HEAD", PATH, {}, None)
+    status, headers, data = livez.respond(PlainRequest("HEAD", PATH, {}, None))
     assert (status, data) == (503, b"")
     assert int(dict(headers)["Content-Length"]) > 0
-    status, headers, _ = livez.respond("POST", PATH, {}, None)
+    status, headers, _ = livez.respond(PlainRequest("POST", PATH, {}, None))
     assert status == 405
     assert ("Allow", "GET, HEAD") in headers
 
@@ -99,7 +100,7 @@ def test_a_reading_that_fails_is_not_alive() -> None:
     def refuses(headers: Mapping[str, str], client: str | None) -> bool:
         raise ValueError("bad header")
 
-    status, _, data = Liveness(broken, 1.0, refuses).respond("GET", PATH, {}, None)
+    status, _, data = Liveness(broken, 1.0, refuses).respond(PlainRequest("GET", PATH, {}, None))
     assert status == 503
     assert json.loads(data) == {"status": "stopped", "timeout": 1.0}
 
@@ -115,7 +116,9 @@ def test_detail_follows_the_reports_access_rules() -> None:
     """Loopback clients, or with ``report_token`` its holders only; the report on or off."""
     app = PlainTextResponse("x")
     open_ = StallwatchMiddleware(app, registry=CollectorRegistry())._liveness()
-    assert open_.respond("GET", PATH, {}, "127.0.0.1")[0] == 503  # no loop watched yet
+    assert (
+        open_.respond(PlainRequest("GET", PATH, {}, "127.0.0.1"))[0] == 503
+    )  # no loop watched yet
     seen: list[bool] = []
 
     def read(detail: bool) -> LoopReading:
@@ -134,7 +137,7 @@ def test_detail_follows_the_reports_access_rules() -> None:
     ]:
         livez = middleware._liveness()
         livez._read = read
-        status, _, data = livez.respond("GET", PATH, headers, client)
+        status, _, data = livez.respond(PlainRequest("GET", PATH, headers, client))
         assert status == 503
         assert ("line" in json.loads(data)) is seen[-1]
     assert seen == [True, False, False, True]

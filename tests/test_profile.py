@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import pytest
 
+from stallwatch._types import PlainRequest
 from stallwatch.events import BACKGROUND, Frame
 from stallwatch.profile import (
     LIBRARY_ONLY,
@@ -737,7 +738,9 @@ def test_the_endpoint_serves_json_and_folded_stacks_under_the_reports_rules() ->
     def get(
         query: str, host: str = "127.0.0.1", method: str = "GET"
     ) -> tuple[int, dict[str, str], bytes]:
-        status, headers, body = app.respond(method, "/_stallwatch/api/profile", {}, host, query)
+        status, headers, body = app.respond(
+            PlainRequest(method, "/_stallwatch/api/profile", {}, host, query)
+        )
         return status, dict(headers), body
 
     status, headers, body = get("window=60")
@@ -756,10 +759,15 @@ def test_the_endpoint_serves_json_and_folded_stacks_under_the_reports_rules() ->
     assert get("window=soon")[0] == 400
     assert get("", host="10.0.0.8")[0] == 403  # the report's rules: loopback only, no token
     off = ReportApp(lambda: FakeMonitor(None))  # type: ignore[arg-type,return-value]
-    status, _, body = off.respond("GET", "/_stallwatch/api/profile", {}, "127.0.0.1", "")
+    status, _, body = off.respond(
+        PlainRequest("GET", "/_stallwatch/api/profile", {}, "127.0.0.1", "")
+    )
     assert status == 200
     assert json.loads(body)["available"] is False
-    assert off.respond("GET", "/_stallwatch/api/profile", {}, "::1", "format=folded")[2] == b""
+    assert (
+        off.respond(PlainRequest("GET", "/_stallwatch/api/profile", {}, "::1", "format=folded"))[2]
+        == b""
+    )
 
 
 @pytest.mark.parametrize(

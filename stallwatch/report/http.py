@@ -28,7 +28,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from .._types import Receive, Scope, Send
+from .._types import PlainRequest, Receive, Response, Scope, Send
 from ..options import check_path, check_token
 from ..pools.readings import pools_view
 from ..profile import folded, profile_view
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("stallwatch")
 
-Response = tuple[int, list[tuple[str, str]], bytes]
 """(status, headers, body) of one answer."""
 
 DEFAULT_WINDOW = 300.0
@@ -180,19 +179,13 @@ class ReportApp:
 
     # -- answers -------------------------------------------------------------------------------
 
-    def respond(
-        self,
-        method: str,
-        path: str,
-        headers: Mapping[str, str],
-        client_host: str | None,
-        query: str = "",
-    ) -> Response:
+    def respond(self, request: PlainRequest) -> Response:
         """The whole answer to one request; ``headers`` keyed by lower-case name. Never raises."""
+        method, path, query = request.method, request.path, request.query
         try:
             if "?" in path:
                 path, _, query = path.partition("?")
-            refused = self.refusal(headers, client_host)
+            refused = self.refusal(request.headers, request.client_host)
             if refused is not None:
                 return refused
             sub = path[len(self.path) :] if self.handles(path) else None
@@ -298,11 +291,13 @@ class ReportApp:
         }
         client = scope.get("client")
         status, response_headers, body = self.respond(
-            scope["method"],
-            scope["path"],
-            headers,
-            client[0] if client else None,
-            scope.get("query_string", b"").decode("latin-1"),
+            PlainRequest(
+                scope["method"],
+                scope["path"],
+                headers,
+                client[0] if client else None,
+                scope.get("query_string", b"").decode("latin-1"),
+            )
         )
         await send(
             {

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from stallwatch._types import PlainRequest
 from stallwatch.options import check_path, check_token
 from stallwatch.report.http import ReportApp, is_loopback
 from tests.apps.report_app import AGAIN_LINE, HOLD_LINE
@@ -290,16 +291,20 @@ def test_options_are_checked_with_their_names() -> None:
 def test_respond_is_the_one_place_for_both_servers() -> None:
     monitor = FakeMonitor()
     report = ReportApp(lambda: monitor, path="/ops")  # type: ignore[arg-type, return-value]
-    status, _headers, body = report.respond("GET", "/ops/api/loop?window=30", {}, "127.0.0.1")
+    status, _headers, body = report.respond(
+        PlainRequest("GET", "/ops/api/loop?window=30", {}, "127.0.0.1")
+    )
     assert status == 200
     assert b'"available":false' in body
-    assert report.respond("GET", "/ops/api/loop", {}, "10.1.1.1")[0] == 403
-    assert report.respond("GET", "/elsewhere", {}, "127.0.0.1")[0] == 404
+    assert report.respond(PlainRequest("GET", "/ops/api/loop", {}, "10.1.1.1"))[0] == 403
+    assert report.respond(PlainRequest("GET", "/elsewhere", {}, "127.0.0.1"))[0] == 404
 
     def broken() -> Any:
         raise RuntimeError("a monitor half stopped")
 
     failing = ReportApp(broken)
-    status, _, body = failing.respond("GET", "/_stallwatch/api/stalls", {}, "127.0.0.1")
+    status, _, body = failing.respond(
+        PlainRequest("GET", "/_stallwatch/api/stalls", {}, "127.0.0.1")
+    )
     assert status == 500
     assert body == b"Internal Server Error\n"

@@ -18,19 +18,21 @@ instance goes both to ``client.app`` (what lifespan talks to) and to the client'
 requests use, as in a server.
 
 ``tests`` (anyio, which has no ASGI apps): every async test that anyio's plugin runs on an
-asyncio loop (uvloop included) runs *as the app of a request*: a ``StallwatchMiddleware``
-serves one HTTP request whose app awaits the test's body and then answers 200. So the test
-runs on its own loop, in anyio's runner task as it would bare, with a real ``LoopMonitor``
-started on that loop (its task factory installed, its heartbeat and watchdog running), a real
-``RequestSpan`` timing the body's steps, and stallwatch's request context variable set, so
-that every task the test creates (task groups, ``create_task``, ``to_thread``'s waiters, ...)
-is wrapped and attributed exactly as a request's are. The alternative, setting the context
-variable by hand around each test, would reach into how attribution is built today, which is
-being rewritten; this goes through the public middleware only. Not wrapped, identically in
-both runs in effect: trio tests (stallwatch watches asyncio loops only; under trio the
-middleware just passes requests through), synchronous tests, hypothesis-driven tests (anyio
-rewrites their inner test itself), and async fixtures (they run outside the test's request,
-as a server's start-up code runs outside any request).
+asyncio loop (uvloop included) runs *as the app of a request*: one ``StallwatchMiddleware``
+(one for all tests, as a server has one for all requests) serves, per test, one HTTP request
+whose app awaits the test's body and then answers 200. So the body runs on its own loop, in
+anyio's runner task as it would bare, with a real ``LoopMonitor`` started on that loop (its
+task attribution installed, its heartbeat and watchdog running), a real ``RequestSpan``
+timing the body, and stallwatch's request context variable set, so that every task the test
+creates (task groups, ``create_task``, ``to_thread``'s waiters, ...) is attributed to it
+exactly as a request's tasks are, by whatever means stallwatch attributes them. Setting the
+context variable by hand around each test instead would tie this file to how attribution is
+built (being rewritten as this is written) and would skip the span, the monitor and the
+timeline: this goes through the public middleware only. Not run as requests: trio tests
+(stallwatch watches asyncio loops; under trio the middleware only passes requests through),
+synchronous tests, hypothesis-driven tests (anyio's plugin rewrites their inner test
+itself), and async fixtures (they run outside the test's request, as a server's start-up
+code runs outside any request).
 
 So that a run that wrapped nothing cannot pass for "no differences", the plugin counts what
 it did (apps wrapped, responses sent from inside a request, tests run as requests) and
@@ -42,6 +44,8 @@ internals.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import inspect
 import json
 import os
@@ -67,11 +71,14 @@ MODES = ("apps", "tests")
 def current_request() -> object | None:
     """The request stallwatch attributes the running code to, or None outside any.
 
-    The one place that knows stallwatch's internals (the ``CURRENT`` context variable in
-    ``stallwatch/tasks.py``, holding the request's ``RequestSpan``): update it here if
-    attribution moves.
+    The one place that knows stallwatch's internals (the ``CURRENT`` context variable of
+    ``stallwatch/request/tasks.py``, ``stallwatch/tasks.py`` before the move, holding the
+    request's ``RequestSpan``): update it here if attribution moves.
     """
-    from stallwatch.tasks import CURRENT
+    try:
+        from stallwatch.request.tasks import CURRENT
+    except ImportError:  # before the modules moved into packages
+        from stallwatch.tasks import CURRENT
 
     return CURRENT.get()
 
@@ -84,6 +91,9 @@ class Stats:
     apps_wrapped: int = 0
     sends_in_request: int = 0
     sends_outside_request: int = 0
+    """Responses sent on an asyncio loop with no request in the context (should be 0)."""
+    sends_not_on_asyncio: int = 0
+    """Responses of apps served on trio (Starlette runs its tests on both)."""
     tests_as_requests: int = 0
     tests_in_request: int = 0
     """Tests whose body saw stallwatch's request context set (should equal the above)."""
@@ -115,13 +125,23 @@ class Watched:
 
 def _counted(send: Send) -> Send:
     def counted(message: Message) -> Awaitable[None]:
-        if current_request() is None:
-            STATS.sends_outside_request += 1
-        else:
+        if current_request() is not None:
             STATS.sends_in_request += 1
+        elif _on_asyncio():
+            STATS.sends_outside_request += 1
+        else:  # trio: stallwatch passes the request through, by design
+            STATS.sends_not_on_asyncio += 1
         return send(message)
 
     return counted
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def watched(app: Any) -> Any:
@@ -196,29 +216,43 @@ class AppPatches:
 
 def _asyncio_backend(item: pytest.Function) -> bool | None:
     """True on asyncio, False on another backend, None if anyio's plugin does not run it."""
-    backend = item.funcargs.get("anyio_backend") if hasattr(item, "funcargs") else None
+    backend = item.funcargs.get("anyio_backend")
     if not backend:
         return None
     name = backend[0] if isinstance(backend, tuple) else backend
     return name == "asyncio"
 
 
+_TEST = "stallwatch_suites.test"
+"""The scope key that carries the test (and a list for its result) to the one app all share."""
+
+
+async def _serve_test(scope: Scope, receive: Receive, send: Send) -> None:
+    """The app behind the tests' middleware: await the test, then answer 200."""
+    if current_request() is not None:
+        STATS.tests_in_request += 1
+    body, results = scope[_TEST]
+    results.append(await body())
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+@functools.cache
+def tests_middleware() -> StallwatchMiddleware:
+    """One middleware for every test, as a server has one for every request; it follows the
+    test's loop (a new loop gets a monitor of its own, a closed loop's monitor stops itself)."""
+    return StallwatchMiddleware(_serve_test, registry=CollectorRegistry())
+
+
 def as_request(test: Callable[..., Awaitable[Any]], path: str) -> Callable[..., Awaitable[Any]]:
     """An async function that awaits ``test`` as the app of one watched HTTP request."""
 
     async def run_as_request(*args: Any, **kwargs: Any) -> Any:
-        results: list[Any] = []
-
-        async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            if current_request() is not None:
-                STATS.tests_in_request += 1
-            results.append(await test(*args, **kwargs))
-            await send({"type": "http.response.start", "status": 200, "headers": []})
-            await send({"type": "http.response.body", "body": b""})
-
         STATS.tests_as_requests += 1
-        middleware = StallwatchMiddleware(app, registry=CollectorRegistry())
-        await middleware(_scope(path), _receive, _discard)
+        results: list[Any] = []
+        scope = _scope(path)
+        scope[_TEST] = (lambda: test(*args, **kwargs), results)
+        await tests_middleware()(scope, _receive, _discard)
         return results[0] if results else None
 
     return run_as_request
@@ -250,7 +284,7 @@ async def _discard(message: Message) -> None:
     return None
 
 
-class TestsAsRequests:
+class RequestPerTest:
     """Swaps an asyncio test's function for ``as_request`` of it while anyio's plugin runs it."""
 
     @pytest.hookimpl(wrapper=True)
@@ -297,7 +331,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if mode == "apps":
         _PATCHES.install()
     else:
-        config.pluginmanager.register(TestsAsRequests(), "stallwatch-suites-tests")
+        config.pluginmanager.register(RequestPerTest(), "stallwatch-suites-tests")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
