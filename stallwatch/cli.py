@@ -60,6 +60,26 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _service_arguments(command: argparse.ArgumentParser) -> None:
+    """What every command that reads a running service takes: where it is and how to ask."""
+    command.add_argument(
+        "url", metavar="URL", help="the service's base URL, e.g. http://127.0.0.1:8000"
+    )
+    command.add_argument(
+        "--token", help=f"bearer token, when the service sets report_token (default: ${TOKEN_ENV})"
+    )
+    command.add_argument(
+        "--path", default="/_stallwatch", help="the service's report_path (default: %(default)s)"
+    )
+    command.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for the answer (default: %(default)s)",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stallwatch",
@@ -78,28 +98,11 @@ def parser() -> argparse.ArgumentParser:
         epilog=f"The token may also come from ${TOKEN_ENV}. Exit status: 0 the report was "
         "read, 2 the service was unreachable, refused, or did not answer with a report.",
     )
-    report.add_argument(
-        "url", metavar="URL", help="the service's base URL, e.g. http://127.0.0.1:8000"
-    )
-    report.add_argument(
-        "--token", help=f"bearer token, when the service sets report_token (default: ${TOKEN_ENV})"
-    )
-    report.add_argument(
-        "--path",
-        default="/_stallwatch",
-        help="the service's report_path (default: %(default)s)",
-    )
+    _service_arguments(report)
     report.add_argument(
         "--top", type=_positive, default=10, metavar="N", help="locations to show (default: 10)"
     )
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    report.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=5.0,
-        metavar="SECONDS",
-        help="how long to wait for the answer (default: %(default)s)",
-    )
 
     profile = commands.add_parser(
         "profile",
@@ -110,15 +113,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=f"The token may also come from ${TOKEN_ENV}. Exit status: 0 the profile was "
         "read, 2 the service was unreachable, refused, or did not answer with a profile.",
     )
-    profile.add_argument(
-        "url", metavar="URL", help="the service's base URL, e.g. http://127.0.0.1:8000"
-    )
-    profile.add_argument(
-        "--token", help=f"bearer token, when the service sets report_token (default: ${TOKEN_ENV})"
-    )
-    profile.add_argument(
-        "--path", default="/_stallwatch", help="the service's report_path (default: %(default)s)"
-    )
+    _service_arguments(profile)
     profile.add_argument(
         "--window",
         type=_window,
@@ -136,13 +131,6 @@ def parser() -> argparse.ArgumentParser:
     )
     profile.add_argument(
         "--lines", type=_positive, default=5, metavar="N", help="lines per route (default: 5)"
-    )
-    profile.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=5.0,
-        metavar="SECONDS",
-        help="how long to wait for the answer (default: %(default)s)",
     )
 
     commands.add_parser(

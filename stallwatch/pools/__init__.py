@@ -22,7 +22,7 @@ from ..request.tasks import CURRENT
 from .executor import ExecutorHook
 from .limiter import LimiterHook
 from .readings import ANYIO, DEFAULT, POOLS, PoolReading, RouteWait, threads_during
-from .state import Pool, PoolMetrics
+from .state import HookSite, Pool, PoolMetrics
 
 __all__ = [
     "ANYIO",
@@ -57,8 +57,8 @@ class PoolWatch:
         route_of: Callable[[], str] = current_route,
     ) -> None:
         self.pools = {name: Pool(name, metrics, on_error) for name in POOLS}
-        self._executor = ExecutorHook(loop, self.pools[DEFAULT], route_of, on_error)
-        self._limiter = LimiterHook(loop, self.pools[ANYIO], route_of, on_error)
+        self._executor = ExecutorHook(HookSite(loop, self.pools[DEFAULT], route_of, on_error))
+        self._limiter = LimiterHook(HookSite(loop, self.pools[ANYIO], route_of, on_error))
         self._installed = False
 
     def install(self) -> None:

@@ -24,24 +24,18 @@ from collections.abc import Callable
 from typing import Any
 
 from .readings import capacity_of, default_executor_size
-from .state import Job, Pool
+from .state import HookSite, Job
 
 
 class ExecutorHook:
     """Keeps the ``run_in_executor`` of one loop observed (install and uninstall on the loop
     thread; the hook itself runs wherever the loop's method would)."""
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        pool: Pool,
-        route_of: Callable[[], str],
-        on_error: Callable[[], None],
-    ) -> None:
-        self._loop = loop
-        self._pool = pool
-        self._route_of = route_of
-        self._on_error = on_error
+    def __init__(self, site: HookSite) -> None:
+        loop = self._loop = site.loop
+        self._pool = site.pool
+        self._route_of = site.route_of
+        self._on_error = site.on_error
         self._original: Callable[..., asyncio.Future[Any]] = loop.run_in_executor
         self._original_set: Callable[[Any], None] = loop.set_default_executor
         self._had_own: dict[str, bool] = {}

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .readings import tokens
-from .state import Job, Pool
+from .state import HookSite, Job
 
 _lock = threading.Lock()
 _hooks: dict[int, LimiterHook] = {}
@@ -35,17 +35,13 @@ _backend: Any = None
 class LimiterHook:
     """The anyio pool of one loop."""
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        pool: Pool,
-        route_of: Callable[[], str],
-        on_error: Callable[[], None],
-    ) -> None:
-        self.loop = loop
-        self.pool = pool
-        self.route_of = route_of
-        self.on_error = on_error
+    def __init__(self, site: HookSite) -> None:
+        self.loop, self.pool, self.route_of, self.on_error = (
+            site.loop,
+            site.pool,
+            site.route_of,
+            site.on_error,
+        )
 
     def install(self) -> bool:
         """False when anyio has not been imported: an app that never imports it has no

@@ -12,6 +12,7 @@ ends: the label children are looked up once per route, on the loop thread, at su
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,17 @@ class _Gauge(Protocol):
 
 class _Labelled(Protocol):
     def labels(self, *values: str) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HookSite:
+    """Where a pool's hook sits: the loop it watches, the pool it counts into, how it names
+    the submitting route (on the loop thread), and where its own errors go."""
+
+    loop: asyncio.AbstractEventLoop
+    pool: Pool
+    route_of: Callable[[], str]
+    on_error: Callable[[], None]
 
 
 @dataclass(frozen=True, slots=True)

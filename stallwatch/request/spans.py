@@ -166,9 +166,7 @@ class RequestSpan(_TimedAwait):
         self._resolve = _no_name
 
     def wrap(self, awaitable: Any) -> RequestSpan:
-        coro = self._coro = (
-            awaitable if type(awaitable) is CoroutineType else awaitable.__await__()
-        )
+        coro = self._coro = awaitable if type(awaitable) is CoroutineType else awaitable.__await__()
         self._step = coro.send
         return self
 
