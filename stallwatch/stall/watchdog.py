@@ -19,46 +19,19 @@ import asyncio
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
 
-from ..decisions import Evidence, culprits, decide_cause, samples_after_the_block
 from ..events import Frame, StallEvent
 from ..loop.stretch import Stretch
 from ..pools.readings import threads_during
 from ..profile.sampler import Payer, ProfileSampler
+from .evidence import Counters, Sample, stall_event, weigh
 from .gcwatch import GC_WATCH
-from .sampling import RawStack, StackSampler, aggregate
+from .sampling import RawStack, StackSampler
 from .threadstats import ThreadStats
-
-GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
-"""False on a free-threaded build, where no native call can keep the others off a GIL."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Sample:
-    at: float
-    stack: RawStack | None
-    task: str | None
-    started_by: Frame | None
-    on_lock: bool | None
-    stretch: int = -1
-    """The timeline's ``stretch_id`` when taken: -1 for stall samples, which their stall
-    takes; a profile sample of a stretch that has ended without a stall is dropped."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Counters:
-    """CPU counters at a moment the loop was not stalled: where the next window starts."""
-
-    at: float
-    thread_cpu: float | None
-    process_cpu: float
-    run_queue_wait: float | None
-    pool_busy: float = 0.0
-
 
 PARKED = 0.1
 """Seconds a parked watchdog sleeps at most: it still sees a loop stopped, closed or
@@ -127,7 +100,7 @@ class Watchdog:
         self._handed = 0  # stretches handed over by the loop thread (only it writes this)
         self._finished = 0  # of those, turned into events or dropped (only we write this)
         self._settled = threading.Condition()
-        self._samples: deque[_Sample] = deque(maxlen=4096)
+        self._samples: deque[Sample] = deque(maxlen=4096)
         # (intended, actual) of wake-ups that came late: the watchdog was held off in between
         self._late: deque[tuple[float, float]] = deque(maxlen=256)
         self._stopped: deque[float] = deque(maxlen=256)  # times the loop was seen stopped
@@ -313,11 +286,11 @@ class Watchdog:
         if probe:
             self._sampled += 1
             on_lock = self._stats.waiting_on_lock() if self._sampled % 4 == 1 else None
-        self._samples.append(_Sample(now, stack, task, started_by, on_lock, stretch))
+        self._samples.append(Sample(now, stack, task, started_by, on_lock, stretch))
         return stack
 
-    def _counters(self) -> _Counters:
-        return _Counters(
+    def _counters(self) -> Counters:
+        return Counters(
             at=perf_counter(),
             thread_cpu=self._stats.cpu(),
             process_cpu=time.process_time(),
@@ -349,69 +322,25 @@ class Watchdog:
             # not a stall, and whatever ran meanwhile was not on the loop.
             self._mark = self._counters()
             return None
-        # A wake-up due just before the stretch began is held off by the same GIL holder:
-        # what counts is that the watchdog was kept from running while the loop was held.
-        held_off = any(due <= stretch.end and woke >= stretch.start for due, woke in self._late)
-        held_for = sum(
-            max(0.0, min(woke, stretch.end) - max(due, stretch.start)) for due, woke in self._late
-        )
-        stacks = [s.stack for s in samples if s.stack is not None]
-        if samples_after_the_block(held_for, stretch.duration):
-            stacks = []
         mark = self._mark
-        window = max(stretch.end - mark.at, stretch.duration, 1e-9)
-        cpu_ratio: float | None = None
-        if mark.thread_cpu is not None:
-            cpu_ratio = min(1.0, max(0.0, (stretch.thread_cpu - mark.thread_cpu) / window))
         wait_now = self._stats.run_queue_wait()
-        locks = [s.on_lock for s in samples if s.on_lock is not None]
         gc_seconds = GC_WATCH.overlap(stretch.start, stretch.end)
-        cause = decide_cause(
-            Evidence(
-                duration=stretch.duration,
-                gc_seconds=gc_seconds,
-                loop_cpu=cpu_ratio,
-                others_cpu=(stretch.process_cpu - mark.process_cpu) / window - (cpu_ratio or 0.0),
-                queued=(
-                    (wait_now - mark.run_queue_wait) / window
-                    if wait_now is not None and mark.run_queue_wait is not None
-                    else None
-                ),
-                on_lock=sum(locks) / len(locks) if locks else None,
-                stacks=bool(stacks),
-                held_off=held_off,
-                gil=GIL,
-            )
-        )
+        stacks, cause, cpu_ratio = weigh(stretch, samples, self._late, mark, wait_now, gc_seconds)
         # Pool threads that ran in the window, on average: what starvation competed with.
         pool_busy, now = self._links.pool_busy(), perf_counter()
         pool_threads = threads_during(mark.pool_busy, pool_busy, now - mark.at)
         # The next window starts where this one ended, with the loop thread's own readings.
-        self._mark = _Counters(
+        self._mark = Counters(
             stretch.end, stretch.thread_cpu, stretch.process_cpu, wait_now, pool_busy
         )
 
-        culprit, shares = culprits(stretch.holders, stretch.duration)
-        aggregated = aggregate(stacks)
-        top = self._sampler.top_frame(aggregated[0].frames) if aggregated else None
-        tasks = Counter(s.task for s in samples if s.task)
-        started = Counter(s.started_by for s in samples if s.started_by is not None)
-        return StallEvent(
-            started_at=time.time() - (perf_counter() - stretch.start),
-            duration=stretch.duration,
+        return stall_event(
+            stretch,
+            samples,
+            stacks,
             cause=cause,
-            culprit=culprit,
-            culprits=shares,
-            victims=dict(stretch.victims),
-            frozen=dict(stretch.frozen),
-            top_frame=top,
-            stacks=aggregated,
-            sampled=bool(stacks),
-            task=tasks.most_common(1)[0][0] if tasks else None,
+            cpu_ratio=cpu_ratio,
             gc_seconds=gc_seconds,
-            loop_cpu_ratio=cpu_ratio,
-            allowed=stretch.allowed,
-            started_by=started.most_common(1)[0][0] if started else None,
-            pool_threads=None if pool_threads is None else round(pool_threads, 1),
-            trace=stretch.trace,
+            pool_threads=pool_threads,
+            top_frame=self._sampler.top_frame,
         )
