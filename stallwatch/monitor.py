@@ -189,8 +189,7 @@ class LoopMonitor:
         pools = self._pools = PoolWatch(
             loop,
             PoolMetrics(
-                metrics.executor_queue_wait,
-                metrics.executor_run,
+                *self._pool_histograms(),
                 metrics.executor_threads,
                 metrics.executor_waiting,
             ),
@@ -323,6 +322,13 @@ class LoopMonitor:
         telemetry = self.telemetry
         if telemetry is not None:
             telemetry.lag(late)
+
+    def _pool_histograms(self) -> tuple[Any, Any]:
+        """The pools' two histograms; with OpenTelemetry, each also records into its twin."""
+        metrics, telemetry = self.metrics, self.telemetry
+        if telemetry is None:
+            return metrics.executor_queue_wait, metrics.executor_run
+        return telemetry.teed_pool_histograms(metrics)
 
     def _park(self, alarm: Callable[[], None] | None) -> None:
         timeline = self._timeline

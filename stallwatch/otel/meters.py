@@ -19,12 +19,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import metrics as metrics_api
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider, Observation
 from prometheus_client.metrics import MetricWrapperBase
 
-from ..metrics import HOLD_BUCKETS, Metrics
+from ..metrics import EXECUTOR_BUCKETS, HOLD_BUCKETS, Metrics
 from .traces import TRACER_NAME
 
 LAG = "stallwatch.event_loop.lag"
@@ -37,6 +38,11 @@ LOOP_BUSY = "stallwatch.route.loop.busy"
 FROZEN_SECONDS = "stallwatch.request.frozen"
 FROZEN_REQUESTS = "stallwatch.requests.frozen"
 INTERNAL_ERRORS = "stallwatch.internal.errors"
+EXECUTOR_QUEUE_WAIT = "stallwatch.executor.queue_wait"
+EXECUTOR_RUN = "stallwatch.executor.run"
+EXECUTOR_THREADS = "stallwatch.executor.threads"
+EXECUTOR_WAITING = "stallwatch.executor.waiting"
+REQUESTS_SHED = "stallwatch.requests.shed"
 
 PROMETHEUS_NAMES: dict[str, str] = {
     LAG: "stallwatch_event_loop_lag_seconds",
@@ -49,6 +55,11 @@ PROMETHEUS_NAMES: dict[str, str] = {
     FROZEN_SECONDS: "stallwatch_request_frozen_seconds_total",
     FROZEN_REQUESTS: "stallwatch_requests_frozen_total",
     INTERNAL_ERRORS: "stallwatch_internal_errors_total",
+    EXECUTOR_QUEUE_WAIT: "stallwatch_executor_queue_wait_seconds",
+    EXECUTOR_RUN: "stallwatch_executor_run_seconds",
+    EXECUTOR_THREADS: "stallwatch_executor_threads",
+    EXECUTOR_WAITING: "stallwatch_executor_waiting",
+    REQUESTS_SHED: "stallwatch_requests_shed_total",
 }
 """Each instrument and the Prometheus metric it mirrors (docs and tests read this)."""
 
@@ -78,6 +89,8 @@ class Meters:
     stall_duration: Histogram
     request_duration: Histogram
     loop_hold: Histogram
+    executor_queue_wait: Histogram
+    executor_run: Histogram
 
 
 def _create(metrics: Metrics, meter: Meter) -> Meters:
@@ -97,16 +110,23 @@ def _create(metrics: Metrics, meter: Meter) -> Meters:
          "floor by a culprit.", metrics.frozen_requests),
         (INTERNAL_ERRORS, "{error}", "Errors inside stallwatch, contained and never raised "
          "into the app.", metrics.internal_errors),
+        (REQUESTS_SHED, "{request}", "New requests answered 503 while the event loop lagged "
+         "(shed_lag).", metrics.requests_shed),
     ):  # fmt: skip
         meter.create_observable_counter(
             name, callbacks=[_observed(metric, "_total")], unit=unit, description=description
         )
-    meter.create_observable_gauge(
-        STALL_IN_PROGRESS,
-        callbacks=[_observed(metrics.stall_in_progress, "")],
-        unit="s",
-        description="How long the event loop has been stalled right now (0 when it is not).",
-    )
+    for name, unit, description, gauge in (
+        (STALL_IN_PROGRESS, "s", "How long the event loop has been stalled right now (0 when "
+         "it is not).", metrics.stall_in_progress),
+        (EXECUTOR_THREADS, "{thread}", "A thread pool's threads, busy or idle.",
+         metrics.executor_threads),
+        (EXECUTOR_WAITING, "{job}", "Work submitted to a thread pool that has not started.",
+         metrics.executor_waiting),
+    ):  # fmt: skip
+        meter.create_observable_gauge(
+            name, callbacks=[_observed(gauge, "")], unit=unit, description=description
+        )
     return Meters(
         lag=histogram(
             LAG,
@@ -124,7 +144,46 @@ def _create(metrics: Metrics, meter: Meter) -> Meters:
         loop_hold=histogram(
             LOOP_HOLD, "Longest single step each request held the event loop for.", HOLD_BUCKETS
         ),
+        executor_queue_wait=histogram(
+            EXECUTOR_QUEUE_WAIT,
+            "Seconds work waited in a thread pool, from submission to its start.",
+            EXECUTOR_BUCKETS,
+        ),
+        executor_run=histogram(
+            EXECUTOR_RUN, "Seconds work ran in a thread pool's thread.", EXECUTOR_BUCKETS
+        ),
     )
+
+
+class Teed:
+    """A labelled Prometheus histogram whose children also record into an OpenTelemetry
+    histogram, with the labels as attributes: for observations made where no OpenTelemetry
+    code runs (the pools' threads observe through ``.labels(...).observe``)."""
+
+    def __init__(self, labelled: Any, histogram: Histogram, names: tuple[str, ...]) -> None:
+        self._labelled = labelled
+        self._histogram = histogram
+        self._names = names
+
+    def labels(self, *values: str) -> _TeedChild:
+        return _TeedChild(
+            self._labelled.labels(*values),
+            self._histogram,
+            dict(zip(self._names, values, strict=True)),
+        )
+
+
+class _TeedChild:
+    __slots__ = ("_attributes", "_child", "_histogram")
+
+    def __init__(self, child: Any, histogram: Histogram, attributes: dict[str, str]) -> None:
+        self._child = child
+        self._histogram = histogram
+        self._attributes = attributes
+
+    def observe(self, amount: float) -> None:
+        self._child.observe(amount)
+        self._histogram.record(amount, self._attributes)
 
 
 _lock = threading.Lock()

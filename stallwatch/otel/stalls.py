@@ -25,7 +25,7 @@ from opentelemetry.trace import Span, SpanContext, SpanKind, TracerProvider
 
 from ..decisions import culprits
 from ..events import Frame, StallEvent
-from .meters import Meters, meters_for
+from .meters import Meters, Teed, meters_for
 from .traces import TRACER_NAME, context_of, exemplar, parent_context, wall_ns
 
 if TYPE_CHECKING:
@@ -113,6 +113,15 @@ class LoopTelemetry:
 
     def lag(self, seconds: float) -> None:
         self.meters.lag.record(seconds)
+
+    def teed_pool_histograms(self, metrics: Metrics) -> tuple[Teed, Teed]:
+        """The pools' queue-wait and run histograms, recording into their OpenTelemetry
+        twins too (the pools observe them on their own threads)."""
+        names = ("pool", "route")
+        return (
+            Teed(metrics.executor_queue_wait, self.meters.executor_queue_wait, names),
+            Teed(metrics.executor_run, self.meters.executor_run, names),
+        )
 
     def stall_in_progress(
         self,
