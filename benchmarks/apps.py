@@ -53,7 +53,7 @@ VARIANTS = (
 )
 """``monitor`` is the bare app on a loop watched by ``LoopMonitor`` alone (no middleware):
 the loop-level hooks' share of stallwatch's cost."""
-PROTOTYPES = ("sw-release", "sw-gcfreeze", "sw-nogcwatch", "sw-ring64", "sw-floor20")
+PROTOTYPES = ("sw-release", "sw-gcfreeze", "sw-nogcwatch", "sw-noprofile", "sw-floor20")
 """stallwatch with one change applied from outside the package, to measure a fix before it
 is made (``benchmarks/gc_tail.py``): a finished request's span lets go of its scope, coroutine
 and ``send`` (the timeline's ``ran`` list keeps finished spans until the loop polls);
@@ -258,16 +258,8 @@ def _prototype(variant: str, framework: str, bhm: bool) -> Any:
                     span.span = None  # the reference cycle that only the collector frees
 
         middleware.StallwatchMiddleware._close = close_and_release  # type: ignore[method-assign]
-    if variant == "sw-ring64":
-        from stallwatch.loop import timeline
-
-        original = timeline.Timeline.__init__
-
-        def small_ring(self: Any, **kwargs: Any) -> None:
-            kwargs["history"] = 64
-            original(self, **kwargs)
-
-        timeline.Timeline.__init__ = small_ring  # type: ignore[method-assign]
+    if variant == "sw-noprofile":
+        return _stallwatch(_base(framework, bhm), profile=False)
     app = _stallwatch(_base(framework, bhm))
     if variant == "sw-gcfreeze":
         gc.collect()
@@ -275,8 +267,29 @@ def _prototype(variant: str, framework: str, bhm: bool) -> Any:
     return app
 
 
+TRACED = ("traced", "traced-sw", "traced-sw-otel")
+"""OpenTelemetry's ASGI middleware outermost, every request sampled by an SDK tracer provider
+(no exporter: the cost of tracing itself): alone, with stallwatch inside it
+(``opentelemetry=False``), and with stallwatch's OpenTelemetry on (issue 18)."""
+
+
+def _traced(app: Any) -> Any:
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    from opentelemetry.sdk.trace import TracerProvider
+
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(TracerProvider())
+    return OpenTelemetryMiddleware(app)
+
+
 def build(framework: str, variant: str, *, bhm: bool = False) -> Any:
     """The ASGI app of one server: ``framework`` with ``variant``'s instrumentation."""
+    if variant in TRACED:
+        app = _base(framework, bhm)
+        if variant != "traced":
+            _stallwatch(app, opentelemetry=variant == "traced-sw-otel")
+        return _traced(app)
     if variant in PROTOTYPES:
         return _prototype(variant, framework, bhm)
     if variant == "monitor":
@@ -306,7 +319,9 @@ def build(framework: str, variant: str, *, bhm: bool = False) -> Any:
         app.add_middleware(PrometheusMiddleware)
         app.add_route("/metrics", handle_metrics)
     else:
-        raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS + PROTOTYPES}")
+        raise ValueError(
+            f"unknown variant {variant!r}; choose from {VARIANTS + PROTOTYPES + TRACED}"
+        )
     return app
 
 

@@ -11,7 +11,7 @@ collection walks), with stallwatch's own types broken out.
 
 Variants as in ``benchmarks/apps.py``: ``bare``, ``stallwatch``, and the prototypes that change
 one thing from outside the package (``sw-release``, ``sw-gcfreeze``, ``sw-nogcwatch``,
-``sw-ring64``, ``sw-floor20``). The figures are counts, not timings of stallwatch, so they
+``sw-floor20``). The figures are counts, not timings of stallwatch, so they
 hold on a loaded machine; the GC durations do not, and the script prints the load average
 beside them.
 
@@ -31,7 +31,7 @@ from typing import Any
 from benchmarks._common import loadavg, print_machine
 from benchmarks._servers import FLAVOURS, get_json, package_at, serve, wrk, wrk_script
 
-DEFAULT_VARIANTS = ("bare", "stallwatch", "sw-release", "sw-nogcwatch", "sw-ring64", "sw-gcfreeze")
+DEFAULT_VARIANTS = ("bare", "stallwatch", "sw-release", "sw-nogcwatch", "sw-gcfreeze")
 
 
 def one(

@@ -59,9 +59,10 @@ from benchmarks._servers import (
     wrk,
     wrk_script,
 )
+from benchmarks.apps import PROTOTYPES, TRACED
 
 VARIANTS = ("bare", "monitor", "stallwatch", *PEERS)
-OPTIONAL_VARIANTS = ("noop", "sw-release", "sw-gcfreeze", "sw-nogcwatch", "sw-ring64", "sw-floor20")
+OPTIONAL_VARIANTS = ("noop", *PROTOTYPES, *TRACED)
 QUICK_CELLS = (
     "fastapi/standard/50/nobhm/ping",
     "fastapi/standard/50/bhm/work",
