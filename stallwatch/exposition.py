@@ -7,6 +7,7 @@ serves the stall report there too when given one, so the report answers while th
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -22,6 +23,8 @@ from ._types import ASGIApp, PlainRequest, Receive, Response, Scope, Send
 from .monitor import get_monitor
 from .multiprocess import MultiProcessCollector  # reads under the dead-worker cleanup's lock
 from .options import check_port
+
+logger = logging.getLogger("stallwatch")
 
 
 def multiprocess_dir() -> str | None:
@@ -143,3 +146,49 @@ def start_metrics_server(
     )
     thread.start()
     return server, thread
+
+
+class OffLoopServer:
+    """The middleware's ``metrics_port`` server: metrics, the report and ``/livez`` from a
+    thread of its own, so they answer while the loop is held. Started once, when the app
+    starts; a port already taken is one warning naming it, and the app serves on without."""
+
+    def __init__(
+        self,
+        port: int,
+        host: str,
+        registry: CollectorRegistry | None,
+        report: ReportResponder | None,
+        liveness: Callable[[], ReportResponder],
+    ) -> None:
+        self.port: int | None = port
+        self._host = host
+        self._registry = registry
+        self._report = report
+        self._liveness = liveness
+        self._server: WSGIServer | None = None
+
+    def start(self) -> None:
+        port = self.port
+        if port is None or self._server is not None:
+            return
+        try:
+            self._server, _ = start_metrics_server(
+                port, self._host, self._registry, report=self._report, liveness=self._liveness()
+            )
+        except OSError as exc:
+            # Tried once (with many workers only the first binds: docs/deployment.md says to
+            # use metrics_path there).
+            self.port = None
+            logger.warning(
+                "stallwatch: cannot serve metrics on %s:%s (%s); serving without it",
+                self._host,
+                port,
+                exc.strerror or exc,
+            )
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

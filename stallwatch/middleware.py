@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .errors import InternalErrors
-from .exposition import metrics_app, start_metrics_server
+from .exposition import OffLoopServer, metrics_app
 from .liveness import Liveness, LoopReading, read_monitor
 from .loop.timeline import Timeline
 from .metrics import (
@@ -30,7 +30,7 @@ from .metrics import (
 )
 from .monitor import LoopMonitor, get_monitor
 from .multiprocess import start_cleanup
-from .options import MiddlewareOptions, middleware_options
+from .options import middleware_options
 from .report.http import ReportApp
 from .request.spans import RequestSpan
 from .request.tally import RequestMetrics
@@ -91,7 +91,17 @@ class StallwatchMiddleware:
         self._report_prefix = options_.report_path + "/"
         self._metrics_path = options_.metrics_path  # read on every request: kept at hand
         self._server_timing = options_.server_timing
-        self._metrics_server: Any = None
+        self._off_loop = (
+            None
+            if options_.metrics_port is None
+            else OffLoopServer(
+                options_.metrics_port,
+                options_.metrics_host,
+                registry,
+                self._report,
+                self._liveness,
+            )
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timeline: Timeline | None = None
         self.monitor: LoopMonitor | None = None
@@ -300,7 +310,8 @@ class StallwatchMiddleware:
             self._telemetry.attach(monitor.telemetry, lambda: self._internal_error("otel"))
         self._loop = loop
         self._timeline = monitor.timeline
-        self._start_metrics_server()
+        if self._off_loop is not None:
+            self._off_loop.start()
         start_cleanup()  # dead workers' metric files; a no-op unless in multiprocess mode
         return monitor.timeline
 
@@ -331,43 +342,12 @@ class StallwatchMiddleware:
         self._timeline = None
         self._loop = None
         self._owns_monitor = False
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
-            self._metrics_server = None
-
-    def _start_metrics_server(self) -> None:
-        port = self.options.metrics_port
-        if port is None or self._metrics_server is not None:
-            return
-        try:
-            self._metrics_server, _ = start_metrics_server(
-                port,
-                self.options.metrics_host,
-                self.monitor_options.registry,
-                report=self._report,
-                liveness=self._liveness(),
-            )
-        except OSError as exc:
-            # Tried once; the app keeps serving without it (with many workers, only the
-            # first binds: docs/deployment.md says to use metrics_path there).
-            self.options = _without_port(self.options)
-            logger.warning(
-                "stallwatch: cannot serve metrics on %s:%s (%s); serving without it",
-                self.options.metrics_host,
-                port,
-                exc.strerror or exc,
-            )
+        if self._off_loop is not None:
+            self._off_loop.stop()
 
     def _internal_error(self, component: str) -> None:
         monitor = self.monitor
         (monitor.errors if monitor is not None else self._errors).error(component)
-
-
-def _without_port(options: MiddlewareOptions) -> MiddlewareOptions:
-    from dataclasses import replace
-
-    return replace(options, metrics_port=None)
 
 
 def _warn_unwatched() -> None:
