@@ -10,34 +10,27 @@ Failures print one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
-from importlib import import_module, metadata
+from importlib import import_module
 from typing import Any
 
 from .profile.view import profile_text
+from .report.client import (
+    TOKEN_ENV,
+    Failure,
+    api_url,
+    fetch,
+    fetch_profile,
+    get,
+    summary_url,
+    version,
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 2
-TOKEN_ENV = "STALLWATCH_REPORT_TOKEN"
-"""Where ``report`` looks for the token when ``--token`` is not given, so that it need not
-appear in the shell history or the process list."""
-
-
-class Failure(Exception):
-    """A failure to report in one line on stderr, with exit code 2."""
-
-
-def _version() -> str:
-    try:
-        return metadata.version("stallwatch")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _positive(text: str) -> int:
@@ -86,7 +79,7 @@ def parser() -> argparse.ArgumentParser:
         description="Find what blocks the asyncio event loop of a running ASGI service.",
         epilog="Exit status: 0 done, 2 the service could not be read (or a usage error).",
     )
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = p.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
@@ -145,21 +138,6 @@ def parser() -> argparse.ArgumentParser:
 # -- report ----------------------------------------------------------------------------------
 
 
-def summary_url(base: str, path: str) -> str:
-    """``{base}{path}/api/summary``; a base without a scheme is taken as ``http://``."""
-    return api_url(base, path, "summary")
-
-
-def api_url(base: str, path: str, name: str) -> str:
-    """``{base}{path}/api/{name}``; a base without a scheme is taken as ``http://``."""
-    base = base.strip()
-    if "://" not in base:
-        base = "http://" + base
-    if not path.startswith("/"):
-        path = "/" + path
-    return base.rstrip("/") + path.rstrip("/") + "/api/" + name
-
-
 def _window(text: str) -> float:
     try:
         value = float(text)
@@ -168,66 +146,6 @@ def _window(text: str) -> float:
     if not 0 < value <= 86_400:
         raise argparse.ArgumentTypeError(f"must be more than 0 and at most 86400, got {value}")
     return value
-
-
-_REFUSALS = {
-    401: "pass the service's report_token with --token (or $" + TOKEN_ENV + ")",
-    403: "the report answers loopback clients only, unless the service sets report_token",
-    404: "is the report on (StallwatchMiddleware(report=True)) and is --path right?",
-}
-
-
-def fetch(url: str, token: str | None, timeout: float) -> dict[str, Any]:
-    data = _json(url, _get(url, token, timeout))
-    if not isinstance(data.get("groups"), list):
-        raise Failure(f"{url} did not answer with a stall summary: is it a stallwatch report?")
-    return data
-
-
-def fetch_profile(url: str, token: str | None, timeout: float) -> dict[str, Any]:
-    """The loop profile's JSON (``api/profile``)."""
-    data = _json(url, _get(url, token, timeout))
-    if not isinstance(data.get("routes"), list):
-        raise Failure(f"{url} did not answer with a loop profile: is it a stallwatch report?")
-    return data
-
-
-def _json(url: str, body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise Failure(f"{url} did not answer with JSON: is it a stallwatch report?") from None
-    if not isinstance(data, dict):
-        raise Failure(f"{url} did not answer with a stallwatch report")
-    return data
-
-
-def _get(url: str, token: str | None, timeout: float, accept: str = "application/json") -> bytes:
-    headers = {"Accept": accept, "User-Agent": f"stallwatch/{_version()}"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            body: bytes = response.read()
-    except urllib.error.HTTPError as exc:
-        hint = _REFUSALS.get(exc.code, "the service did not answer with its report")
-        raise Failure(f"{url} answered {exc.code} {exc.reason}: {hint}") from None
-    except urllib.error.URLError as exc:
-        raise Failure(f"cannot reach {url}: {_reason(exc.reason)}") from None
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        raise Failure(f"cannot reach {url}: {_reason(exc)}") from None
-    return body
-
-
-def _reason(reason: object) -> str:
-    if isinstance(reason, TimeoutError) or "timed out" in str(reason):
-        return "timed out"
-    if isinstance(reason, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(reason, OSError) and reason.strerror:
-        return reason.strerror.lower()
-    return str(reason) or type(reason).__name__
 
 
 def _ms(seconds: float) -> str:
@@ -329,7 +247,7 @@ def run_profile(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get(TOKEN_ENV) or None
     window = f"window={args.window:g}"
     if args.folded:
-        body = _get(f"{url}?{window}&format=folded", token, args.timeout, "text/plain")
+        body = get(f"{url}?{window}&format=folded", token, args.timeout, "text/plain")
         sys.stdout.write(body.decode("utf-8", "replace"))
         return EXIT_OK
     data = fetch_profile(f"{url}?{window}", token, args.timeout)
