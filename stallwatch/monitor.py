@@ -107,6 +107,7 @@ class LoopMonitor:
         self.sampler: StackSampler | None = None
         """The loop thread's stack reader (``/livez`` names the line holding the loop)."""
         self._flushers: list[Callable[[], None]] = []
+        self._closer: Callable[[], None] | None = None
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -230,6 +231,7 @@ class LoopMonitor:
             profiler=self._profiler,
         )
         GC_WATCH.acquire()
+        self._stop_on_close(loop)
         watchdog = self._watchdog
         self._heartbeat = heartbeat = Heartbeat(
             loop,
@@ -270,7 +272,25 @@ class LoopMonitor:
             self._watchdog.stop()
         GC_WATCH.release()
 
+    def _stop_on_close(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stop, and join the watchdog, as the loop closes (``asyncio.run`` closes it): no
+        thread of ours outlives the loop, whoever counts the threads after it."""
+        own = getattr(loop, "__dict__", None)
+        if own is None:
+            return  # a loop class with __slots__: the watchdog stops at its next look
+        original = loop.close
+
+        def close() -> None:
+            self.stop()
+            original()
+
+        loop.close = close  # type: ignore[method-assign]
+        self._closer = close
+
     def _detach(self) -> None:
+        loop = self._loop
+        if loop is not None and getattr(loop, "__dict__", {}).get("close") is self._closer:
+            del loop.close  # a close set after ours stays, and calls ours, which calls stop
         try:
             self.flush()  # counts not yet handed to prometheus-client would be lost otherwise
         except Exception:

@@ -324,3 +324,19 @@ def test_the_watchdog_never_hangs_interpreter_exit(tmp_path: Path) -> None:
     assert done.stdout.strip() == "started"
     assert "Traceback" not in done.stderr, done.stderr
     assert time.monotonic() - started < 10.0
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_no_thread_of_stallwatch_outlives_the_loop_it_watched(loop: str) -> None:
+    """A test that counts threads around ``asyncio.run`` (anyio's suite does) must count the
+    same with stallwatch: closing the loop stops the monitor and joins its watchdog."""
+
+    async def main() -> int:
+        LoopMonitor(registry=CollectorRegistry()).start()
+        await asyncio.sleep(0.05)
+        return threading.active_count()
+
+    before = threading.active_count()
+    during = run(loop, main())
+    assert during == before + 1  # the watchdog
+    assert threading.active_count() == before  # at once, not at its next look
