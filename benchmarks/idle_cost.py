@@ -194,7 +194,7 @@ async def _busy(seconds: float) -> dict[str, Any]:
 _DIAGNOSED = (
     ("watchdog wake-up", "stallwatch.stall.watchdog", "Watchdog", "_tick"),
     ("of which: CPU readings (_counters)", "stallwatch.stall.watchdog", "Watchdog", "_counters"),
-    ("heartbeat callback", "stallwatch.monitor", "LoopMonitor", "_heartbeat"),
+    ("heartbeat callback", "stallwatch.loop.heartbeat", "Heartbeat", "_beat"),
 )
 """Internal methods timed by ``--diagnose``; one that no longer exists is an error, never
 a silent gap in the table (rename it here when the package changes)."""
