@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +29,7 @@ from .pools import PoolMetrics, PoolWatch
 from .profile import LoopProfile, ProfileSampler
 from .request.tasks import CURRENT, TaskAttribution
 from .stall.gcwatch import GC_WATCH
-from .stall.log import StallLog
+from .stall.record import StallRecord
 from .stall.sampling import StackSampler, frames_of
 from .stall.watchdog import Watchdog, WatchdogLinks
 
@@ -84,8 +82,6 @@ class LoopMonitor:
                 span=self.history.span,
             )
         self._profiler: ProfileSampler | None = None
-        self._events: deque[StallEvent] = deque(maxlen=options.history)
-        self._stall_log = StallLog(every=options.log_every, burst=options.log_burst)
         self.errors = InternalErrors(self.metrics.internal_errors)
         """Where every part watching this loop counts its own errors (``errors.py``)."""
         self.telemetry: LoopTelemetry | None = None
@@ -96,6 +92,14 @@ class LoopMonitor:
             self.telemetry = loop_telemetry(
                 self.metrics, floor=options.floor, stacks=options.opentelemetry_stacks
             )
+        self._stalls = StallRecord(
+            self.metrics,
+            history=options.history,
+            log_every=options.log_every,
+            log_burst=options.log_burst,
+            telemetry=self.telemetry,
+            on_error=self.internal_error,
+        )
         self._started = False
         self._loop_thread = 0
         self._timeline: Timeline | None = None
@@ -155,7 +159,7 @@ class LoopMonitor:
 
     def recent_stalls(self) -> list[StallEvent]:
         """The last stall events, oldest first."""
-        return list(self._events)
+        return self._stalls.recent()
 
     def start(self) -> bool:
         """Start watching; call it on the loop's thread. False if the loop was watched already."""
@@ -212,7 +216,7 @@ class LoopMonitor:
                 loop=loop,
                 held_since=self.held_since,
                 started_by=lambda: tasks.origin,
-                record=self.record,
+                record=self._stalls.record,
                 on_error=lambda: self.internal_error("watchdog", once=True),
                 show_stall=self.metrics.stall_in_progress.set,
                 loop_closed=self.stop,
@@ -363,31 +367,10 @@ class LoopMonitor:
     # -- stalls (the loop thread hands over, the watchdog records) ---------------------------
 
     def _stall_ended(self, stretch: Stretch) -> None:
-        telemetry = self.telemetry
-        if telemetry is not None and self._timeline is not None:
-            # On the loop thread, as the stall ends: its span exists before any request it
-            # froze can end, so that each of them can link to it.
-            try:
-                context = telemetry.stall_ended(stretch, self._timeline.stretch_id)
-                stretch = replace(stretch, trace=context)
-            except Exception:
-                self.internal_error("otel")
-        if self._watchdog is not None:
-            self._watchdog.stall_ended(stretch)
-
-    def record(self, event: StallEvent) -> None:
-        """Store, count and log one stall (watchdog thread)."""
-        self._events.append(event)
-        metrics = self.metrics
-        exemplar = None
-        if self.telemetry is not None:
-            try:
-                exemplar = self.telemetry.stall_recorded(event)  # the culprit request's trace
-            except Exception:
-                self.internal_error("otel")
-        metrics.stalls.labels(event.culprit, event.cause).inc()
-        metrics.stall_seconds.labels(event.culprit, event.cause).observe(event.duration, exemplar)
-        self._stall_log.log(event)
+        if self._watchdog is not None and self._timeline is not None:
+            self._watchdog.stall_ended(
+                self._stalls.stretch_ended(stretch, self._timeline.stretch_id)
+            )
 
     def internal_error(self, component: str, *, once: bool = True) -> None:
         """Count an error of stallwatch's own and log it the first time; never raise."""
