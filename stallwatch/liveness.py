@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, Literal, Protocol
 
 from ._types import PlainRequest, Response
@@ -186,3 +187,19 @@ class Liveness:
         data = (payload + "\n").encode()
         response_headers = [*_HEADERS, ("Content-Length", str(len(data)))]
         return (200 if alive else 503), response_headers, b"" if method == "HEAD" else data
+
+
+class _Access(Protocol):
+    def refusal(self, headers: Mapping[str, str], client_host: str | None) -> object: ...
+
+
+def liveness_for(
+    monitor: Callable[[], Watched | None], timeout: float, access: _Access
+) -> Liveness:
+    """``/livez`` for the off-loop server: the loop read from ``monitor()`` at each probe;
+    ``access`` (the report's rules) decides who also sees the culprit route and line."""
+
+    def read(detail: bool) -> LoopReading:
+        return read_monitor(monitor(), perf_counter(), detail=detail)
+
+    return Liveness(read, timeout, lambda headers, client: access.refusal(headers, client) is None)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .errors import InternalErrors
 from .exposition import OffLoopServer, metrics_app
-from .liveness import Liveness, LoopReading, read_monitor
+from .liveness import Liveness, liveness_for
 from .loop.timeline import Timeline
 from .metrics import (
     LAG_BUCKETS,
@@ -272,21 +272,13 @@ class StallwatchMiddleware:
         return self._resolve(scope) or UNMATCHED
 
     def _liveness(self) -> Liveness:
-        """``/livez`` for the off-loop server; the report's access rules decide who also sees
-        the culprit route and line, whether the report is served or not."""
+        """``/livez``; the report's access rules decide who also sees the culprit route and
+        line, whether the report is served or not."""
         options = self.options
         access = self._report or ReportApp(
             lambda: None, path=options.report_path, token=options.report_token
         )
-
-        def read(detail: bool) -> LoopReading:
-            return read_monitor(self.monitor, perf_counter(), detail=detail)
-
-        return Liveness(
-            read,
-            options.liveness_timeout,
-            lambda headers, client: access.refusal(headers, client) is None,
-        )
+        return liveness_for(lambda: self.monitor, options.liveness_timeout, access)
 
     def _contained_resolve(self, scope: Scope) -> str | None:
         # The timeline names routes from inside the loop's poll, where an exception would
