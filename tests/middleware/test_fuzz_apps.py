@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from stallwatch import StallwatchMiddleware
+from tests.apps import proof_routes
 from tests.test_fuzz import Outcome, drive
 
 
@@ -141,20 +142,8 @@ def seen(outcome: Outcome) -> tuple[Any, ...]:
 def test_framework_apps_that_start_tasks_behave_as_bare(
     both: Both, app: str, path: str, method: str, spec: str, inbox: list[Any], fails: int | None
 ) -> None:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": spec},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver")],
-        "client": ("127.0.0.1", 5000),
-        "server": ("127.0.0.1", 8000),
-    }
+    scope = proof_routes.scope(method, path)
+    scope["asgi"] = {"version": "3.0", "spec_version": spec}
     bare = both.loop.run_until_complete(drive(APPS[app], scope, inbox, fails))
     wrapped = both.loop.run_until_complete(drive(both.wrapped[app], scope, inbox, fails))
     assert seen(wrapped) == seen(bare), f"app {app} scope {scope!r} inbox {inbox!r} fails {fails}"
