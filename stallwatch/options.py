@@ -46,7 +46,7 @@ def _buckets(name: str, value: Sequence[float] | None) -> tuple[float, ...] | No
 
 
 def _in_app(value: object) -> tuple[str, ...]:
-    from .stall.sampling import resolve_in_app  # the sampler knows how a module maps to its files
+    from .stall.in_app import resolve_in_app  # the in-app rule knows how a module maps to its files
 
     return resolve_in_app(value)
 

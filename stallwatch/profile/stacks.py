@@ -17,7 +17,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..events import Frame
-from ..stall.sampling import OMITTED, callback_frames, omitted
+from ..stall.callback import callback_frames
+from ..stall.sampling import OMITTED, omitted
 
 Location = Frame | str
 """A line of the application's code, or one of the labels below."""

@@ -8,7 +8,7 @@ import contextlib
 import os
 
 from ..events import Frame, StallEvent
-from .sampling import innermost_frame
+from .callback import innermost_frame
 
 NO_STACK = "(no stack sampled)"
 """No sample was taken while the loop was held (a short stall, or a ``gil``/``gc`` one)."""

@@ -1,4 +1,4 @@
-"""Stacks of the loop thread, and which of their frames are the application's.
+"""Reading the loop thread's stack, and the ``Frame`` records its samples become.
 
 Two threads use a sampler:
 
@@ -8,23 +8,24 @@ Two threads use a sampler:
 - the loop thread calls ``started_by()`` from the task factory on every task creation, so it
   looks at a handful of frames and decides each file once.
 
-Which files are the application's is decided once per filename and kept in a dict that both
-threads read and fill. Each key always gets the same value whichever thread writes it, so no
-lock is needed. No frame object outlives the call that read it: a kept frame would keep the
-loop thread's locals (request bodies, connections) alive.
+Which files are the application's is ``in_app``'s rule (the sampler holds one ``AppFiles``,
+whose decisions both threads read and fill); which frames are the loop's callback is
+``callback``'s. This module owns the walk, the cut marker (``OMITTED``), the call sites
+``started_by`` remembers and the interned ``Frame`` records. No frame object outlives the
+call that read it: a kept frame would keep the loop thread's locals (request bodies,
+connections) alive.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import sys
-import sysconfig
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from types import CodeType, FrameType
 
 from ..events import Frame, StackSample
+from .callback import callback_frames
+from .in_app import AppFiles
 
 RawFrame = tuple[str, int, str]
 RawStack = tuple[RawFrame, ...]
@@ -55,89 +56,17 @@ STARTED_BY_CACHE = 4096
 """Call sites ``started_by`` remembers; past that it starts over (code generated at run time
 could otherwise grow it without end)."""
 
-_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-"""The stallwatch package folder (this module lives one floor down, in ``stall/``)."""
-
-_SELF_TEST = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "__main__.py"
-)
-"""``python -m stallwatch`` blocks the loop from inside the package, on purpose."""
-
-
-def library_roots() -> tuple[str, ...]:
-    """Folders whose files are not the application's: the standard library, every
-    ``site-packages`` or ``dist-packages`` folder on ``sys.path``, and stallwatch itself."""
-    paths = sysconfig.get_paths()
-    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
-    roots.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
-    roots.add(_PACKAGE)
-    return tuple(sorted({_folder(r) for r in roots}))
-
-
-def resolve_in_app(entries: object) -> tuple[str, ...]:
-    """Validates the ``in_app_include`` option and resolves it to real paths.
-
-    An entry is an importable package or module (``"datasette"``, ``"myco.api"``), found
-    without importing it where Python allows (a dotted name imports its parents), or an
-    existing folder or file. Folders come back with a trailing separator, files without;
-    resolving a resolved tuple gives it back unchanged.
-    """
-    if isinstance(entries, (str, bytes)) or not isinstance(entries, Sequence):
-        raise TypeError(
-            f"in_app_include must be a tuple of package names or folders, got {entries!r}"
-        )
-    resolved: dict[str, None] = {}
-    for entry in entries:
-        if not isinstance(entry, str):
-            raise TypeError(f"in_app_include entries must be str, got {entry!r}")
-        for path in _resolve_entry(entry):
-            resolved[path] = None
-    return tuple(resolved)
-
-
-def _resolve_entry(entry: str) -> list[str]:
-    problem = "is neither an importable package nor an existing folder"
-    if entry and os.sep not in entry and all(part.isidentifier() for part in entry.split(".")):
-        try:
-            spec = importlib.util.find_spec(entry)
-        except Exception as exc:  # a parent package failed to import, or has no spec
-            spec = None
-            problem = f"could not be looked up ({exc!r}) and is not an existing folder"
-        if spec is not None:
-            if spec.submodule_search_locations:
-                return [_folder(p) for p in spec.submodule_search_locations]
-            if spec.origin and os.path.isfile(spec.origin):
-                return [os.path.realpath(spec.origin)]
-            problem = "is a module without files (built-in or frozen)"
-    path = os.path.realpath(os.path.expanduser(entry)) if entry else ""
-    if path and os.path.isdir(path):
-        return [_folder(path)]
-    if path and os.path.isfile(path):
-        return [path]
-    raise ValueError(f"in_app_include: {entry!r} {problem}")
-
-
-def _folder(path: str) -> str:
-    return os.path.join(os.path.realpath(path), "")
-
 
 class StackSampler:
-    """Reads one thread's Python stack and tells the application's frames from the rest.
-
-    A file is the application's unless it lies under a library root (see ``library_roots``);
-    ``in_app_include`` (see ``resolve_in_app``) names packages or folders that are the
-    application's even there. When both a root and an entry contain a file, the deeper of the
-    two decides: ``in_app_include=("/srv/app",)`` keeps ``/srv/app/.venv/.../site-packages``
-    a library, and ``("datasette",)`` makes Datasette's folder in site-packages the app.
-    """
+    """Reads one thread's Python stack and tells the application's frames from the rest
+    (by ``in_app.AppFiles``: ``in_app_include`` names packages or folders that are the
+    application's even where a library's would be)."""
 
     def __init__(self, thread_id: int, *, in_app_include: tuple[str, ...] = ()) -> None:
         self.thread_id = thread_id
-        self.in_app_include = resolve_in_app(in_app_include)
-        self._roots = library_roots()
-        self._app_folders = tuple(p for p in self.in_app_include if p.endswith(os.sep))
-        self._app_files = frozenset(p for p in self.in_app_include if not p.endswith(os.sep))
-        self._app: dict[str, bool] = {}
+        self._files = AppFiles(in_app_include)
+        self.in_app_include = self._files.in_app_include
+        self._app = self._files.decided  # read directly by started_by, on the loop thread
         self._started: dict[tuple[int, int], tuple[CodeType, Frame]] = {}
 
     def sample(self) -> RawStack | None:
@@ -183,18 +112,8 @@ class StackSampler:
         """Whether a frame from this file is the application's code (decided once per file)."""
         known = self._app.get(filename)
         if known is None:
-            known = self._app[filename] = self._decide(filename)
+            known = self._files.is_app(filename)
         return known
-
-    def _decide(self, filename: str) -> bool:
-        if filename.startswith("<"):  # <frozen ...>, <string>, the cut marker
-            return False
-        real = os.path.realpath(filename)
-        if real in self._app_files or real == _SELF_TEST:
-            return True
-        app = max((len(p) for p in self._app_folders if real.startswith(p)), default=-1)
-        library = max((len(p) for p in self._roots if real.startswith(p)), default=-1)
-        return app >= library
 
     def top_frame(self, frames: Sequence[Frame]) -> Frame | None:
         """The innermost frame of the application's code inside the callback the loop was
@@ -243,48 +162,6 @@ class StackSampler:
 def omitted(frame: Frame) -> int:
     """How many frames a cut marker stands for; 0 for any other frame."""
     return frame.lineno if frame.filename == OMITTED else 0
-
-
-_DISPATCH = {
-    ("events.py", "_run"),
-    ("base_events.py", "_run_once"),
-    ("base_events.py", "run_forever"),
-    ("base_events.py", "run_until_complete"),
-    ("runners.py", "run"),
-}
-
-
-def _is_dispatch(frame: Frame) -> bool:
-    return (os.path.basename(frame.filename), frame.function) in _DISPATCH and (
-        f"{os.sep}asyncio{os.sep}" in frame.filename
-    )
-
-
-def callback_frames(frames: Sequence[Frame]) -> Sequence[Frame]:
-    """The frames above the loop's innermost dispatch frame (``Handle._run``,
-    ``run_until_complete`` and the runners that call it): those of the callback it ran; none
-    when the loop was in its own iteration (polling, timers) rather than in a callback.
-
-    Frames at or below the dispatch belong to whoever started the loop: a stack that ends
-    there was in the loop's own machinery, and naming the program's ``main`` would mislead.
-    A stack without dispatch frames (a thread that runs no loop) is all callback.
-    """
-    for index in range(len(frames) - 1, -1, -1):
-        frame = frames[index]
-        if _is_dispatch(frame):
-            # Above the standard loop's iteration and below a Handle are its own poll,
-            # timers and I/O bookkeeping. uvloop dispatches from C: above its runner, the
-            # callback's frames come next.
-            return () if frame.function == "_run_once" else frames[index + 1 :]
-    return frames
-
-
-def innermost_frame(frames: Sequence[Frame]) -> Frame | None:
-    """The innermost frame of the callback the loop was running, whoever's code it is: what
-    to name when no frame of the callback is the application's. None when the stack ends in
-    the loop's own dispatch."""
-    inside = callback_frames(frames)
-    return inside[-1] if inside else None
 
 
 INTERNED_FRAMES = 65536

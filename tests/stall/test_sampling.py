@@ -28,16 +28,15 @@ import uvloop
 import stallwatch.request.spans
 import stallwatch.stall.sampling
 from stallwatch.events import Frame, StackSample
+from stallwatch.stall.callback import callback_frames, innermost_frame
+from stallwatch.stall.in_app import resolve_in_app
 from stallwatch.stall.sampling import (
     MAX_FRAMES,
     OMITTED,
     STARTED_BY_DEPTH,
     StackSampler,
     aggregate,
-    callback_frames,
-    innermost_frame,
     omitted,
-    resolve_in_app,
 )
 
 FAKE_SITE = Path(__file__).parent.parent / "fakelib" / "site-packages"
