@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import import_module
 from typing import Any
 
@@ -43,14 +43,25 @@ def _positive(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value <= 600:
-        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 600, got {value}")
-    return value
+def _seconds_up_to(most: int) -> Callable[[str], float]:
+    """The argument type of a number of seconds more than 0 and at most ``most``."""
+
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not 0 < value <= most:
+            raise argparse.ArgumentTypeError(f"must be more than 0 and at most {most}, got {value}")
+        return value
+
+    return seconds
+
+
+_seconds = _seconds_up_to(600)
+"""How long to wait for a service's answer: --timeout."""
+_window = _seconds_up_to(86_400)
+"""The profile's window: --window (a day at most, as the report's api/profile allows)."""
 
 
 def _service_arguments(command: argparse.ArgumentParser) -> None:
@@ -136,16 +147,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 # -- report ----------------------------------------------------------------------------------
-
-
-def _window(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value <= 86_400:
-        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 86400, got {value}")
-    return value
 
 
 def _ms(seconds: float) -> str:
