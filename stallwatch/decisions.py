@@ -13,19 +13,6 @@ from dataclasses import dataclass
 
 from .events import BACKGROUND, Cause
 
-GC_SHARE = 0.5
-"""A stall is ``gc`` when collections cover at least this share of it."""
-LOOP_CPU_LOW = 0.5
-"""Below this share of the stall on a CPU, the loop thread did not hold the loop: it waited."""
-OTHERS_BUSY = 0.5
-"""Other threads using at least this many CPUs (per second of the stall) point at the GIL."""
-ON_LOCK = 0.5
-"""Share of samples in which the loop thread slept in futex (the GIL) to call it contention."""
-QUEUED = 0.5
-"""Share of the stall the loop thread waited for a CPU in the run queue to call it starved."""
-HELD_OFF = 0.5
-"""Kept off the GIL for this share of a stall, the watchdog's samples came after the block."""
-
 
 @dataclass(frozen=True, slots=True)
 class Evidence:
@@ -50,6 +37,18 @@ class Evidence:
     """The interpreter has a GIL (False on free-threaded builds, where ``gil`` cannot be)."""
 
 
+GC_SHARE = 0.5
+"""A stall is ``gc`` when collections cover at least this share of it."""
+LOOP_CPU_LOW = 0.5
+"""Below this share of the stall on a CPU, the loop thread did not hold the loop: it waited."""
+OTHERS_BUSY = 0.5
+"""Other threads using at least this many CPUs (per second of the stall) point at the GIL."""
+ON_LOCK = 0.5
+"""Share of samples in which the loop thread slept in futex (the GIL) to call it contention."""
+QUEUED = 0.5
+"""Share of the stall the loop thread waited for a CPU in the run queue to call it starved."""
+
+
 def decide_cause(evidence: Evidence) -> Cause:
     """``gc``, ``starvation``, ``gil`` or ``blocking``, in that order of precedence."""
     if evidence.gc_seconds >= GC_SHARE * evidence.duration:
@@ -68,6 +67,10 @@ def decide_cause(evidence: Evidence) -> Cause:
     if evidence.gil and not evidence.stacks and evidence.held_off:
         return "gil"
     return "blocking"
+
+
+HELD_OFF = 0.5
+"""Kept off the GIL for this share of a stall, the watchdog's samples came after the block."""
 
 
 def samples_after_the_block(held_for: float, duration: float) -> bool:
