@@ -18,10 +18,11 @@ FastAPI's plain ``def`` endpoints and dependencies."""
 POOLS: tuple[str, ...] = (DEFAULT, ANYIO)
 """The ``pool`` label's only values."""
 
+OTHER = "<other>"
+"""The ``route`` value that routes past ``MAX_ROUTES`` share in a pool."""
 MAX_ROUTES = 200
 """Distinct ``route`` values per pool; later newcomers share ``OTHER``. Routes are templates,
 so an app reaches this only through a resolver that returns raw paths."""
-OTHER = "<other>"
 
 
 @dataclass(frozen=True, slots=True)
