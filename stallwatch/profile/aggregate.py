@@ -16,7 +16,8 @@ and memory never depends on uptime or traffic. Every bucket is bounded on its ow
   its line (``unstacked``).
 
 Equal stacks in different buckets share one tuple while the share table has room
-(``SHARED_STACKS``). Frames are the sampler's interned ``Frame`` records.
+(``SHARED_STACKS``). Frames are the sampler's interned ``Frame`` records. What a reader gets,
+and how a route's counts are ranked into it, lives in ``records``.
 
 Threads: ``add`` runs on the watchdog thread; ``snapshot`` on any (the report's server, the
 loop itself). One lock guards the ring; ``add`` holds it for a few dict operations, and a
@@ -30,9 +31,9 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from ..events import Frame, StackSample
+from ..events import Frame
+from .records import ProfileSnapshot, route_profile
 from .stacks import OTHER_LINES, OTHER_ROUTES, Location
 
 ROUTES_PER_BUCKET = 64
@@ -48,47 +49,6 @@ STACKS_PER_BUCKET = 128
 """Distinct stacks a bucket keeps in all."""
 SHARED_STACKS = 2048
 """Stacks shared between buckets; past that the table starts over (sharing is only a saving)."""
-STACKS_SHOWN = 3
-"""Stacks a view shows per line: the most frequent ones."""
-
-
-@dataclass(frozen=True, slots=True)
-class LineProfile:
-    """One line of a route (or the route's ``(other lines)`` row) over the window."""
-
-    location: Location
-    samples: int
-    stacks: tuple[StackSample, ...]
-    """The most frequent stacks (at most ``STACKS_SHOWN``), outermost frame first."""
-    unstacked: int
-    """Samples of this line whose stack is not among ``stacks``."""
-
-
-@dataclass(frozen=True, slots=True)
-class RouteProfile:
-    """One route (or ``<background>``) over the window, its lines most sampled first."""
-
-    route: str
-    samples: int
-    lines: tuple[LineProfile, ...]
-    """At most the profile's ``lines``, then one ``(other lines)`` row if any were left."""
-
-
-@dataclass(frozen=True, slots=True)
-class ProfileSnapshot:
-    """The profile over a window, as plain records: what the views and the folded writer read."""
-
-    window: float
-    """The seconds asked for, rounded up to whole buckets."""
-    covered: float
-    """The seconds the samples really cover: less than ``window`` just after start."""
-    period: float
-    """Seconds of loop time one sample stands for (1 / the sampling rate)."""
-    samples: int
-    routes: tuple[RouteProfile, ...]
-    """Most sampled first."""
-    now: float
-    """Wall-clock time of the snapshot (``time.time()``)."""
 
 
 class _Cell:
@@ -292,7 +252,7 @@ class LoopProfile:
                             for stack, n in cell.stacks.items():
                                 into_stacks[stack] = into_stacks.get(stack, 0) + n
         covered = max(now - max(first * self.bucket, self._started), 1e-9)
-        routes = [self._route(route, lines) for route, lines in merged.items()]
+        routes = [route_profile(route, lines, self.lines) for route, lines in merged.items()]
         routes.sort(key=lambda r: (-r.samples, r.route))
         return ProfileSnapshot(
             window=count * self.bucket,
@@ -302,29 +262,3 @@ class LoopProfile:
             routes=tuple(routes),
             now=wall_now,
         )
-
-    def _route(self, route: str, lines: dict[Location, _Cell]) -> RouteProfile:
-        ranked = sorted(
-            ((loc, cell) for loc, cell in lines.items() if loc != OTHER_LINES),
-            key=lambda kv: (-kv[1].count, str(kv[0])),
-        )
-        kept = [_line(loc, cell) for loc, cell in ranked[: self.lines]]
-        rest = [cell for _, cell in ranked[self.lines :]]
-        other = lines.get(OTHER_LINES)
-        if other is not None:
-            rest.append(other)
-        if rest:
-            n = sum(cell.count for cell in rest)
-            kept.append(LineProfile(OTHER_LINES, n, (), n))
-        return RouteProfile(route, sum(line.samples for line in kept), tuple(kept))
-
-
-def _line(location: Location, cell: _Cell) -> LineProfile:
-    ranked = sorted((cell.stacks or {}).items(), key=lambda kv: -kv[1])
-    shown = tuple(StackSample(frames=stack, count=n) for stack, n in ranked[:STACKS_SHOWN])
-    return LineProfile(
-        location=location,
-        samples=cell.count,
-        stacks=shown,
-        unstacked=cell.count - sum(s.count for s in shown),
-    )

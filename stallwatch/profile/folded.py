@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 
 from ..events import Frame
-from .aggregate import ProfileSnapshot
+from .records import ProfileSnapshot
 from .stacks import OTHER_STACKS, ShortPaths, clean, folded_frame
 
 _LINE = re.compile(r"^(?P<stack>[^\n]*\S) (?P<count>\d+)$")

@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..events import Frame
-from .aggregate import LineProfile, ProfileSnapshot
 from .hints import Hint, hint_for
+from .records import LineProfile, ProfileSnapshot
 from .stacks import ShortPaths, location_text
 
 EMPTY: dict[str, Any] = {
