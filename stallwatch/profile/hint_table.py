@@ -31,26 +31,25 @@ class Hint:
         return {"kind": self.kind, "call": self.call, "advice": self.advice, "text": str(self)}
 
 
+# The fixes' recurring phrases, each written once.
+_THREAD = "`await asyncio.to_thread(...)`"
+_EXECUTOR = "`loop.run_in_executor(...)`"
 _POOL = "`loop.run_in_executor(ProcessPoolExecutor(), ...)`"
 
-SQLITE = Hint(
-    "sqlite3",
-    "sqlite3 query",
-    "`await asyncio.to_thread(...)` or `loop.run_in_executor(...)` it, or use aiosqlite",
-)
-FILE_IO = Hint("file-io", "file I/O", "`await asyncio.to_thread(...)` it, or use `anyio.Path`")
+# Calls that wait: their async twin, or a thread, frees the loop.
+SLEEP = Hint("sleep", "time.sleep", "`await asyncio.sleep(...)`")
+SUBPROCESS = Hint("subprocess", "subprocess", "`await asyncio.create_subprocess_exec(...)`")
 HTTP = Hint("http", "blocking HTTP client", "use `httpx.AsyncClient`")
+SQLITE = Hint("sqlite3", "sqlite3 query", f"{_THREAD} or {_EXECUTOR} it, or use aiosqlite")
+FILE_IO = Hint("file-io", "file I/O", f"{_THREAD} it, or use `anyio.Path`")
 NETWORK = Hint(
     "network",
     "blocking socket call",
     "use asyncio streams (`await asyncio.open_connection(...)`) or `await loop.getaddrinfo(...)`",
 )
-SLEEP = Hint("sleep", "time.sleep", "`await asyncio.sleep(...)`")
-SUBPROCESS = Hint("subprocess", "subprocess", "`await asyncio.create_subprocess_exec(...)`")
+# Work that runs on a CPU: a thread helps only where the GIL is let go.
 HASHING = Hint(
-    "hashing",
-    "password hashing (releases the GIL)",
-    "`await asyncio.to_thread(...)`: a thread runs it beside the loop",
+    "hashing", "password hashing (releases the GIL)", f"{_THREAD}: a thread runs it beside the loop"
 )
 HASHING_MAYBE = Hint(
     "hashing",
