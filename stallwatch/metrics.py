@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Literal
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -127,106 +128,125 @@ def _create(registry: CollectorRegistry, lag: tuple[float, ...], req: tuple[floa
     return metrics
 
 
+# Each metric is made unregistered (``_create`` registers them all or none); the label names
+# follow the help text, as prometheus-client's ``labelnames`` do.
+
+
+def _counter(name: str, documentation: str, *labelnames: str) -> Counter:
+    return Counter(name, documentation, labelnames, registry=None)
+
+
+def _histogram(
+    name: str, documentation: str, *labelnames: str, buckets: Sequence[float]
+) -> Histogram:
+    return Histogram(name, documentation, labelnames, registry=None, buckets=buckets)
+
+
+def _gauge(
+    name: str,
+    documentation: str,
+    *labelnames: str,
+    multiprocess_mode: Literal["livemax", "livesum"],
+) -> Gauge:
+    return Gauge(
+        name, documentation, labelnames, registry=None, multiprocess_mode=multiprocess_mode
+    )
+
+
 def unregistered_metrics(lag: tuple[float, ...], req: tuple[float, ...]) -> Metrics:
     """Every metric, not yet registered anywhere: registering is all or nothing."""
     return Metrics(
-        lag=Histogram(
+        lag=_histogram(
             "stallwatch_event_loop_lag_seconds",
             "How late the event loop ran a callback that was due, beyond its schedule.",
             buckets=lag,
-            registry=None,
         ),
-        stalls=Counter(
+        stalls=_counter(
             "stallwatch_event_loop_stalls",
             "Stretches in which the event loop did not poll for longer than the threshold.",
-            ["culprit", "cause"],
-            registry=None,
+            "culprit",
+            "cause",
         ),
-        stall_seconds=Histogram(
+        stall_seconds=_histogram(
             "stallwatch_event_loop_stall_seconds",
             "Duration of each event-loop stall.",
-            ["culprit", "cause"],
+            "culprit",
+            "cause",
             buckets=lag,
-            registry=None,
         ),
-        stall_in_progress=Gauge(
+        stall_in_progress=_gauge(
             "stallwatch_event_loop_stall_in_progress_seconds",
             "How long the event loop has been stalled right now (0 when it is not).",
-            registry=None,
             multiprocess_mode="livemax",
         ),
-        internal_errors=Counter(
+        internal_errors=_counter(
             "stallwatch_internal_errors",
             "Errors inside stallwatch, contained and never raised into the app.",
-            ["component"],
-            registry=None,
+            "component",
         ),
-        request_duration=Histogram(
+        request_duration=_histogram(
             "stallwatch_http_request_duration_seconds",
             "Request latency from the moment the event loop read the request to its end.",
-            ["method", "route", "status"],
+            "method",
+            "route",
+            "status",
             buckets=req,
-            registry=None,
         ),
-        loop_hold=Histogram(
+        loop_hold=_histogram(
             "stallwatch_route_loop_hold_seconds",
             "Longest single step each request held the event loop for.",
-            ["route"],
+            "route",
             buckets=HOLD_BUCKETS,
-            registry=None,
         ),
-        loop_busy=Counter(
+        loop_busy=_counter(
             "stallwatch_route_loop_busy_seconds",
             "Seconds requests of a route held the event loop, all steps together.",
-            ["route"],
-            registry=None,
+            "route",
         ),
-        frozen_seconds=Counter(
+        frozen_seconds=_counter(
             "stallwatch_request_frozen_seconds",
             "Seconds requests of a route waited while other work held the event loop, "
             "by who held it.",
-            ["route", "culprit"],
-            registry=None,
+            "route",
+            "culprit",
         ),
-        frozen_requests=Counter(
+        frozen_requests=_counter(
             "stallwatch_requests_frozen",
             "Requests of a route that were frozen for at least the floor by a culprit.",
-            ["route", "culprit"],
-            registry=None,
+            "route",
+            "culprit",
         ),
-        executor_queue_wait=Histogram(
+        executor_queue_wait=_histogram(
             "stallwatch_executor_queue_wait_seconds",
             "Seconds work handed to a thread pool waited to start, by the route that handed it.",
-            ["pool", "route"],
+            "pool",
+            "route",
             buckets=EXECUTOR_BUCKETS,
-            registry=None,
         ),
-        executor_run=Histogram(
+        executor_run=_histogram(
             "stallwatch_executor_run_seconds",
             "Seconds work handed to a thread pool ran, by the route that handed it.",
-            ["pool", "route"],
+            "pool",
+            "route",
             buckets=EXECUTOR_BUCKETS,
-            registry=None,
         ),
-        executor_threads=Gauge(
+        executor_threads=_gauge(
             "stallwatch_executor_threads",
             "A thread pool's size: threads running work (busy) and the rest (idle).",
-            ["pool", "state"],
-            registry=None,
+            "pool",
+            "state",
             multiprocess_mode="livesum",
         ),
-        executor_waiting=Gauge(
+        executor_waiting=_gauge(
             "stallwatch_executor_waiting",
             "Work handed to a thread pool that has not started yet.",
-            ["pool"],
-            registry=None,
+            "pool",
             multiprocess_mode="livesum",
         ),
-        requests_shed=Counter(
+        requests_shed=_counter(
             "stallwatch_requests_shed",
             "New requests answered 503 before the app saw them, while the loop lagged.",
-            ["route"],
-            registry=None,
+            "route",
         ),
         lag_buckets=lag,
         request_buckets=req,
