@@ -1,4 +1,6 @@
-"""Serving the stall report: who may read it, and the answers, in one place for both servers.
+"""Serving the stall report: who may read it, and which answer each request gets, in one
+place for both servers. The answers' shape is ``answers.py``'s; what the JSON endpoints say
+is ``api.py``'s.
 
 The report shows stacks and file paths, which are internals, so it is off unless asked for
 and, when on, answers only loopback clients, or, with a token configured, only clients that
@@ -12,54 +14,23 @@ off-loop metrics server (a thread that answers while the loop is held) share eve
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import hmac
 import ipaddress
-import json
 import logging
-import math
-import re
 import time
 from collections.abc import Callable, Mapping
-from functools import lru_cache
-from importlib import resources
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from typing import TYPE_CHECKING
 
 from .._types import PlainRequest, Receive, Response, Scope, Send
 from ..options import check_path, check_token
-from ..pools.readings import pools_view
-from ..profile import folded, profile_view
-from .data import causes_view, loop_view, stalls_view, summary
+from .answers import bare, page_answer
+from .api import endpoint_answer
 
 if TYPE_CHECKING:
     from ..monitor import LoopMonitor
 
 logger = logging.getLogger("stallwatch")
-
-"""(status, headers, body) of one answer."""
-
-DEFAULT_WINDOW = 300.0
-"""Seconds of loop history ``api/loop`` covers unless ``?window=`` asks for fewer."""
-
-_COMMON_HEADERS = [
-    ("Cache-Control", "no-store"),
-    ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "no-referrer"),
-]
-_API_CSP = "default-src 'none'; frame-ancestors 'none'"
-_REASONS = {
-    200: "OK",
-    307: "Temporary Redirect",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    500: "Internal Server Error",
-}
 
 
 def is_loopback(host: str | None) -> bool:
@@ -73,67 +44,6 @@ def is_loopback(host: str | None) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped.is_loopback
     return address.is_loopback
-
-
-@lru_cache(maxsize=1)
-def page() -> tuple[bytes, str]:
-    """The page's bytes and a Content-Security-Policy that allows exactly its inline parts."""
-    html = resources.files("stallwatch").joinpath("report").joinpath("page.html").read_text("utf-8")
-
-    def hashes(tag: str) -> str:
-        bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.DOTALL)
-        return " ".join(
-            "'sha256-{}'".format(
-                base64.b64encode(hashlib.sha256(body.encode("utf-8")).digest()).decode()
-            )
-            for body in bodies
-        )
-
-    csp = (
-        "default-src 'none'; "
-        f"script-src {hashes('script')}; "
-        f"style-src {hashes('style')}; "
-        "connect-src 'self'; img-src 'self' data:; "
-        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    )
-    return html.encode("utf-8"), csp
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with NaN and infinities replaced by None (browsers reject them in JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _json(status: int, data: Any, method: str) -> Response:
-    try:
-        body = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
-    except ValueError:
-        body = json.dumps(_finite(data), separators=(",", ":")).encode()
-    headers = [
-        ("Content-Type", "application/json"),
-        ("Content-Length", str(len(body))),
-        ("Content-Security-Policy", _API_CSP),
-        *_COMMON_HEADERS,
-    ]
-    return status, headers, b"" if method == "HEAD" else body
-
-
-def _bare(status: int, extra: list[tuple[str, str]] | None = None) -> Response:
-    """A status with no detail: the reason phrase only."""
-    body = f"{_REASONS.get(status, 'Error')}\n".encode()
-    headers = [
-        ("Content-Type", "text/plain; charset=utf-8"),
-        ("Content-Length", str(len(body))),
-        *_COMMON_HEADERS,
-        *(extra or []),
-    ]
-    return status, headers, body
 
 
 class ReportApp:
@@ -172,10 +82,10 @@ class ReportApp:
             # compare_digest takes the same time wherever the first difference is.
             if scheme.lower() == "bearer" and hmac.compare_digest(presented, self._token_bytes):
                 return None
-            return _bare(401, [("WWW-Authenticate", 'Bearer realm="stallwatch"')])
+            return bare(401, [("WWW-Authenticate", 'Bearer realm="stallwatch"')])
         if is_loopback(client_host):
             return None
-        return _bare(403)
+        return bare(403)
 
     # -- answers -------------------------------------------------------------------------------
 
@@ -190,86 +100,21 @@ class ReportApp:
                 return refused
             sub = path[len(self.path) :] if self.handles(path) else None
             if sub not in ("", "/", "/api/stalls", "/api/summary", "/api/loop", "/api/profile"):
-                return _bare(404)
+                return bare(404)
             if method not in ("GET", "HEAD"):
-                return _bare(405, [("Allow", "GET, HEAD")])
+                return bare(405, [("Allow", "GET, HEAD")])
             if sub == "":
                 # Relative, so it survives a proxy that mounts the app under a prefix; the
                 # page fetches its data relative to itself, so it must be served at ".../".
                 last = self.path.rsplit("/", 1)[-1]
-                return _bare(307, [("Location", f"{last}/")])
+                return bare(307, [("Location", f"{last}/")])
             if sub == "/":
-                return self._page(method)
-            return self._api(sub, method, query)
+                return page_answer(method)
+            monitor = self._get_monitor()
+            return endpoint_answer(monitor, sub, method, query, self._clock())
         except Exception:
             self._internal_error()
-            return _bare(500)
-
-    def _page(self, method: str) -> Response:
-        body, csp = page()
-        headers = [
-            ("Content-Type", "text/html; charset=utf-8"),
-            ("Content-Length", str(len(body))),
-            ("Content-Security-Policy", csp),
-            ("X-Frame-Options", "DENY"),
-            *_COMMON_HEADERS,
-        ]
-        return 200, headers, b"" if method == "HEAD" else body
-
-    def _api(self, sub: str, method: str, query: str) -> Response:
-        monitor = self._get_monitor()
-        events = monitor.recent_stalls() if monitor is not None else []
-        now = self._clock()
-        if sub == "/api/stalls":
-            return _json(200, {"generated_at": now, "stalls": stalls_view(events)}, method)
-        if sub == "/api/summary":
-            data = {
-                "generated_at": now,
-                "stalls": len(events),
-                "groups": summary(events),
-                "causes": causes_view(events),
-            }
-            return _json(200, data, method)
-        window = DEFAULT_WINDOW
-        raw = parse_qs(query).get("window")
-        if raw:
-            try:
-                window = float(raw[-1])
-            except ValueError:
-                return _bare(400)
-            if not 0 < window <= 86_400:
-                return _bare(400)
-        if sub == "/api/profile":
-            return self._profile(monitor, window, query, method, now)
-        history = getattr(monitor, "history", None)
-        snapshot = history.snapshot(window) if history is not None else None
-        data = {
-            "generated_at": now,
-            "monitor": _monitor_info(monitor),
-            **loop_view(snapshot),
-            "pools": _pools(monitor),
-        }
-        return _json(200, data, method)
-
-    def _profile(
-        self, monitor: Any, window: float, query: str, method: str, now: float
-    ) -> Response:
-        """The line profile as JSON, or with ``?format=folded`` as folded stacks (text)."""
-        profile = getattr(monitor, "profile", None)
-        snapshot = profile.snapshot(window) if profile is not None else None
-        form = parse_qs(query).get("format", ["json"])[-1]
-        if form == "json":
-            return _json(200, {"generated_at": now, **profile_view(snapshot)}, method)
-        if form != "folded":
-            return _bare(400)
-        body = folded(snapshot).encode() if snapshot is not None else b""
-        headers = [
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", str(len(body))),
-            ("Content-Security-Policy", _API_CSP),
-            *_COMMON_HEADERS,
-        ]
-        return 200, headers, b"" if method == "HEAD" else body
+            return bare(500)
 
     def _internal_error(self) -> None:
         monitor = None
@@ -307,37 +152,3 @@ class ReportApp:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-def _pools(monitor: LoopMonitor | None) -> list[dict[str, Any]]:
-    """The thread pools' section: each pool now, and the routes whose work waited most."""
-    watch = getattr(monitor, "pools", None)
-    if watch is None:
-        return []
-    return pools_view(watch.readings(), watch.routes())
-
-
-def _monitor_info(monitor: LoopMonitor | None) -> dict[str, Any]:
-    """What the page says about the monitor itself, read defensively: any attribute may be
-    missing while the monitor starts or stops."""
-    if monitor is None:
-        return {"running": False}
-    info: dict[str, Any] = {
-        "running": bool(getattr(monitor, "running", False)),
-        "probe": getattr(monitor, "probe", None),
-        "interval": getattr(monitor, "interval", None),
-        "stall_threshold": getattr(monitor, "stall_threshold", None),
-        "held_for": None,
-    }
-    held_since = getattr(monitor, "held_since", None)
-    if callable(held_since):
-        try:
-            since = held_since()
-            held = 0.0 if since is None else time.perf_counter() - float(since)
-            # Served by the loop, the loop is "held" by this very request: only a stretch
-            # past the threshold (seen from the off-loop server) is worth showing.
-            if held >= float(getattr(monitor, "stall_threshold", 0.0)):
-                info["held_for"] = held
-        except Exception:
-            pass  # a monitor between start and stop: nothing to say
-    return info
