@@ -53,7 +53,16 @@ VARIANTS = (
 )
 """``monitor`` is the bare app on a loop watched by ``LoopMonitor`` alone (no middleware):
 the loop-level hooks' share of stallwatch's cost."""
-PROTOTYPES = ("sw-release", "sw-gcfreeze", "sw-nogcwatch", "sw-noprofile", "sw-floor20")
+PROTOTYPES = (
+    "sw-release",
+    "sw-gcfreeze",
+    "sw-nogcwatch",
+    "sw-noprofile",
+    "sw-floor20",
+    "sw-noattrib",
+    "sw-nofrozen",
+    "sw-nometrics",
+)
 """stallwatch with one change applied from outside the package, to measure a fix before it
 is made (``benchmarks/gc_tail.py``): a finished request's span lets go of its scope, coroutine
 and ``send`` (the timeline's ``ran`` list keeps finished spans until the loop polls);
@@ -260,6 +269,20 @@ def _prototype(variant: str, framework: str, bhm: bool) -> Any:
         middleware.StallwatchMiddleware._close = close_and_release  # type: ignore[method-assign]
     if variant == "sw-noprofile":
         return _stallwatch(_base(framework, bhm), profile=False)
+    if variant == "sw-noattrib":
+        from stallwatch.request import tasks
+
+        # No call_soon in front of the loop's, no task factory: child tasks go unattributed.
+        tasks.TaskAttribution.install = lambda self: None  # type: ignore[method-assign]
+        tasks.TaskAttribution.uninstall = lambda self: None  # type: ignore[method-assign]
+    if variant == "sw-nofrozen":
+        from stallwatch.loop import timeline
+
+        timeline.Timeline.frozen = lambda self, span, end: None  # type: ignore[method-assign]
+    if variant == "sw-nometrics":
+        from stallwatch.request import tally
+
+        tally.RequestMetrics.add = lambda self, *args: None  # type: ignore[method-assign]
     app = _stallwatch(_base(framework, bhm))
     if variant == "sw-gcfreeze":
         gc.collect()

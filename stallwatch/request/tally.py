@@ -102,12 +102,13 @@ class HistogramTally:
 class RequestTally:
     """Latency, longest hold and busy time of one (method, route, status)."""
 
-    __slots__ = ("_busy", "_busy_child", "duration", "hold", "pending", "route")
+    __slots__ = ("_both_bulk", "_busy", "_busy_child", "duration", "hold", "pending", "route")
 
     def __init__(self, route: str, duration: Any, hold: Any, busy: Any) -> None:
         self.route = route
         self.duration = HistogramTally(duration)
         self.hold = HistogramTally(hold)
+        self._both_bulk = self.duration.bulk and self.hold.bulk
         self._busy_child = busy
         self._busy = 0.0
         self.pending = False
@@ -115,8 +116,18 @@ class RequestTally:
     def add(
         self, duration: float, longest: float, busy: float, exemplar: dict[str, str] | None
     ) -> None:
-        self.duration.observe(duration, exemplar)
-        self.hold.observe(longest)
+        if self._both_bulk and exemplar is None:  # every request: the two written out
+            hold = self.hold
+            hold._counts[bisect_left(hold._bounds, longest)] += 1
+            hold._sum += longest
+            hold.pending = True
+            latency = self.duration
+            latency._counts[bisect_left(latency._bounds, duration)] += 1
+            latency._sum += duration
+            latency.pending = True
+        else:
+            self.duration.observe(duration, exemplar)
+            self.hold.observe(longest)
         self._busy += busy
         self.pending = True
 
@@ -167,6 +178,12 @@ class FrozenTally:
         return seconds
 
 
+_KEYED_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "WEBSOCKET")
+)
+"""Methods that are their own label (``method_label``), and the middleware's ``WEBSOCKET``."""
+
+
 def status_label(status: int, group: bool) -> str:
     """The status code, or its class (``2xx``) where the app returns too many codes."""
     return f"{status // 100}xx" if group else str(status)
@@ -198,9 +215,8 @@ class RequestMetrics:
         floor: float,
         exemplar: dict[str, str] | None = None,
     ) -> None:
-        if method != "WEBSOCKET":
-            method = method_label(method)  # raw methods are client input: never a key
-        key = (method, route, status)
+        # Raw methods are client input, never a key: anything unknown is one label.
+        key = (method if method in _KEYED_METHODS else method_label(method), route, status)
         tally = self._requests.get(key)
         if tally is None:
             tally = self._new_tally(key)

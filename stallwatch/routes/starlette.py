@@ -53,8 +53,13 @@ class StarletteRoutes:
         if not self._starlette:  # not bound to a Starlette app: only the scope can say
             template = scope.get("path_template")
             return template if isinstance(template, str) and template else None
-        tree = self._tree_now()
         route = scope.get("route")
+        tree = self._tree
+        # A routed request names a route object: found in the tree as it is, the name stands
+        # (a route added since is not found, and rebuilds it below); only a prediction needs
+        # the tree checked against the app's routes first.
+        if route is None or tree is None:
+            tree = self._tree_now()
         if route is None:
             router = scope.get("router")
             if router is not None and type(router).app is _plain_router_app():
