@@ -1,10 +1,12 @@
 """The watchdog thread: notices a held loop while it is held, samples its stack, and turns
 each stall the loop reports at its end into a ``StallEvent``.
 
-It sleeps on a ``threading.Event`` until the earliest moment a stall could have begun, so an
-idle loop costs a few wake-ups per threshold. While the loop is held it samples every
-``sample_interval``. The evidence it gathers is weighed in ``decisions.py``. Its own errors
-are counted and logged once; it never stops for them.
+Each look (``_tick``) says how long to sleep: until the earliest moment a stall could have
+begun, so an idle loop costs a few wake-ups per threshold, or, parked, until the quiet loop's
+poll returns. While the loop is held it samples every ``sample_interval``. The evidence it
+gathers is weighed in ``evidence.py`` and ``decisions.py``. The thread itself, what wakes it
+and the stretches the loop hands it are ``wakeups.py``'s. Its own errors are counted and
+logged once; it never stops for them.
 
 With a profile (``profile.ProfileSampler``) it also wakes at every moment of the profile's
 grid (``1 / profile_rate`` apart) and, when the loop is busy then, samples the stack for the
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,10 +33,7 @@ from .evidence import Counters, Sample, stall_event, weigh
 from .gcwatch import GC_WATCH
 from .sampling import RawStack, StackSampler
 from .threadstats import ThreadStats
-
-PARKED = 0.1
-"""Seconds a parked watchdog sleeps at most: it still sees a loop stopped, closed or
-restarted, with no alarm from the loop."""
+from .wakeups import PARKED, Wakeups
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +92,6 @@ class Watchdog:
         heartbeat reads it to tell a wait of the loop's from a callback's lag."""
         self._sampler = sampler
         self._stats = ThreadStats(sampler.thread_id, loop_native_id)
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._ended: deque[Stretch] = deque()
-        self._handed = 0  # stretches handed over by the loop thread (only it writes this)
-        self._finished = 0  # of those, turned into events or dropped (only we write this)
-        self._settled = threading.Condition()
         self._samples: deque[Sample] = deque(maxlen=4096)
         # (intended, actual) of wake-ups that came late: the watchdog was held off in between
         self._late: deque[tuple[float, float]] = deque(maxlen=256)
@@ -109,59 +101,31 @@ class Watchdog:
         self._sampled = 0
         self.max_late = max(0.010, 2 * sys.getswitchinterval())
         """A wake-up later than this was held off: the loop thread kept the GIL."""
-        self.thread = threading.Thread(
-            target=self._run, name=f"stallwatch-watchdog-{id(links.loop):x}", daemon=True
+        self._wakeups = Wakeups(
+            f"stallwatch-watchdog-{id(links.loop):x}",
+            tick=self._tick,
+            turn=self._turn,
+            on_error=links.on_error,
+            retry=threshold,
+            on_exit=self._stats.close,
         )
 
-    # -- called from the loop thread ---------------------------------------------------------
+    # -- the thread (``wakeups.py``): started, stopped, handed stretches, settled ---------
 
     def stall_ended(self, stretch: Stretch) -> None:
-        self._handed += 1
-        self._ended.append(stretch)
-        self._wake.set()
-
-    # -- called from any thread --------------------------------------------------------------
+        """A stretch past the threshold has ended (loop thread)."""
+        self._wakeups.hand_over(stretch)
 
     def settle(self, timeout: float) -> bool:
         """Wait until every stall handed over so far has been turned into an event (or
         dropped); False if that took longer than ``timeout`` seconds."""
-        target = self._handed
-        self._wake.set()
-        with self._settled:
-            return self._settled.wait_for(
-                lambda: self._finished >= target or not self.thread.is_alive(), timeout
-            )
-
-    # -- life cycle ------------------------------------------------------------------------------
+        return self._wakeups.settle(timeout)
 
     def start(self) -> None:
-        self.thread.start()
+        self._wakeups.start()
 
     def stop(self, timeout: float = 1.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self.thread.is_alive() and self.thread is not threading.current_thread():
-            self.thread.join(timeout)
-
-    def _run(self) -> None:
-        timeout = 0.0
-        while not self._stop.is_set():
-            intended = perf_counter() + timeout
-            self._wake.wait(timeout)
-            self._wake.clear()
-            if self._stop.is_set():
-                break
-            try:
-                # Woken or not: a wake-up that came long after it was due was held off (a
-                # timed-out wait that was not scheduled before the wake can return as woken).
-                timeout = self._tick(intended)
-            except Exception:
-                timeout = self.threshold
-                # Counted every time, logged the first time only: a failure that repeats on
-                # every tick must not flood the log.
-                self._links.on_error()
-        self._finish_ended()
-        self._stats.close()
+        self._wakeups.stop(timeout)
 
     # -- one wake-up -----------------------------------------------------------------------------
 
@@ -169,11 +133,11 @@ class Watchdog:
         links = self._links
         loop = links.loop
         if loop.is_closed():
-            self._stop.set()
+            self._wakeups.halt()
             links.loop_closed()
             return 0.0
-        ended = links.stretch_id()  # before the hand-overs: a stall before it is in _ended
-        self._finish_ended()
+        ended = links.stretch_id()  # before the hand-overs: a stall before it is handed over
+        self._wakeups.drain()
         while self._samples and 0 <= self._samples[0].stretch < ended:
             self._samples.popleft()  # a profile sample of a stretch that ended short
         now = perf_counter()
@@ -200,7 +164,7 @@ class Watchdog:
             # Reading them costs tens of microseconds (/proc): no more often than a stall
             # could begin, however often the profile wakes the watchdog.
             self._mark = self._counters()
-        if links.quiet() and self._park():
+        if links.quiet() and self._wakeups.park(links.polling, links.park):
             return PARKED
         # Sleep until the earliest moment a stall could be under way: a stall that begins
         # just after this look is still caught within about one threshold of its start.
@@ -209,19 +173,6 @@ class Watchdog:
         return self._until_due(
             max(self.sample_interval, min(threshold, since + threshold - now)), now
         )
-
-    def _park(self) -> bool:
-        """While the loop is quiet and polls, sleep until its poll returns (the loop sounds
-        the alarm), not every threshold: an idle pod's watchdog then costs next to nothing,
-        and a stall is still seen from its first moment."""
-        links = self._links
-        if not links.polling():
-            return False
-        links.park(self._wake.set)
-        if links.polling():  # still: the loop will wake us (the alarm is set before it looks)
-            return True
-        links.park(None)  # a stretch began meanwhile: watch it as usual
-        return False
 
     def _until_due(self, timeout: float, now: float) -> float:
         """``timeout``, or less if the profile's next moment comes first."""
@@ -300,18 +251,10 @@ class Watchdog:
 
     # -- turning stretches into events --------------------------------------------------------
 
-    def _finish_ended(self) -> None:
-        while self._ended:
-            stretch = self._ended.popleft()
-            try:
-                event = self._event(stretch)
-                if event is not None:
-                    self._links.record(event)
-            except Exception:
-                self._links.on_error()
-            with self._settled:
-                self._finished += 1
-                self._settled.notify_all()
+    def _turn(self, stretch: Stretch) -> None:
+        event = self._event(stretch)
+        if event is not None:
+            self._links.record(event)
 
     def _event(self, stretch: Stretch) -> StallEvent | None:
         samples = [s for s in self._samples if stretch.start <= s.at <= stretch.end]
