@@ -40,7 +40,7 @@ class allow_blocking:
         timeline = _timeline()
         self._timelines.append(timeline)
         if timeline is not None:
-            timeline.allow_began(perf_counter())
+            timeline.allowance.began(perf_counter())
         return self
 
     def __exit__(
@@ -51,7 +51,7 @@ class allow_blocking:
     ) -> None:
         timeline = self._timelines.pop()
         if timeline is not None:
-            timeline.allow_ended(perf_counter())
+            timeline.allowance.ended(perf_counter(), timeline.current_start())
 
     def __call__(self, func: F) -> F:
         if inspect.iscoroutinefunction(func):

@@ -21,15 +21,13 @@ from time import perf_counter, process_time, thread_time
 from typing import Any
 
 from ..events import BACKGROUND
+from .allowance import Allowance
 from .stretch import Holders, SpanBook, Stretch
 
 __all__ = ["SpanBook", "Stretch", "Timeline"]
 
 
 _NONE: dict[str, float] = {}
-
-ALLOWED_SHARE = 0.5
-"""A stall is *allowed* when code inside ``allow_blocking()`` held at least this share of it."""
 
 
 class Timeline:
@@ -60,8 +58,9 @@ class Timeline:
         self.busy_since: float | None = now
         """Start of the stretch in progress, None while polling: the watchdog's one read."""
         self.stretch_id = 0
-        self._stretch = Holders()
-        self.ran = self._stretch.ran
+        self.in_progress = Holders()
+        """Who held the stretch in progress (read by OpenTelemetry for a stall not over)."""
+        self.ran = self.in_progress.ran
         """Spans that ran in the stretch in progress (the holders' list, kept here for the
         steps' hot path)."""
         self.nested = 0.0
@@ -93,9 +92,8 @@ class Timeline:
         alarm: ``woke``)."""
         self.late_busy: dict[str, float] = {}
         """Loop seconds of tasks whose request has ended, by route, until the next flush."""
-        self._allowing = 0
-        self._allowed_since = 0.0
-        self._allowed = 0.0
+        self.allowance = Allowance()
+        """What ran inside ``allow_blocking()`` in the stretch in progress (``allow.py``)."""
 
     def timed_by(
         self, *, exact: bool, origin_previous: bool, lazy_start: Callable[[], float] | None = None
@@ -121,9 +119,10 @@ class Timeline:
         if busy >= self.floor:
             self._log(now, busy)
         elif self.ran:
-            self._stretch.reset()
-        if self._allowed:
-            self._allowed = 0.0
+            self.in_progress.reset()
+        allowance = self.allowance
+        if allowance.held:
+            allowance.held = 0.0
         self.stretch_id += 1
 
     def poll_returned(self, now: float) -> None:
@@ -223,28 +222,10 @@ class Timeline:
             self.late_busy = {}
         return late
 
-    # -- fed by allow_blocking() -------------------------------------------------------------
-
-    def allow_began(self, now: float) -> None:
-        if not self._allowing:
-            self._allowed_since = now
-        self._allowing += 1
-
-    def allow_ended(self, now: float) -> None:
-        self._allowing -= 1
-        if not self._allowing:
-            self._allowed += now - max(self._allowed_since, self.current_start())
-
-    def _allowed_share(self, now: float, busy: float) -> float:
-        allowed = self._allowed
-        if self._allowing:
-            allowed += now - max(self._allowed_since, now - busy)
-        return allowed / busy if busy > 0 else 0.0
-
     # -- the stretch's end ------------------------------------------------------------------
 
     def _log(self, end: float, busy: float) -> None:
-        stretch = self._stretch
+        stretch = self.in_progress
         stall = busy >= self.threshold
         froze = traces = None
         if stall:  # before ``ran`` is reset
@@ -275,28 +256,10 @@ class Timeline:
                     frozen=froze[1],
                     thread_cpu=thread_time(),
                     process_cpu=process_time(),
-                    allowed=self._allowed_share(end, busy) >= ALLOWED_SHARE,
+                    allowed=self.allowance.allowed(end, busy),
                     traces=traces or {},
                 )
             )
-
-    def stall_so_far(self, now: float) -> tuple[float, dict[str, float], dict[str, object]] | None:
-        """If the stretch in progress is a stall already at ``now``: its start, the seconds
-        each route held the loop in it so far (what no finished step did is ``<background>``)
-        and ``_traces()``. For a request that ends inside a stall (OpenTelemetry: its span
-        ends before the stall does, and must link to the stall's span now)."""
-        if not self.exact:
-            return None
-        start = self.current_start()
-        busy = now - start
-        if busy < self.threshold:
-            return None
-        stretch = self._stretch
-        stretch.fold()
-        holders = dict(stretch.holders)
-        if busy > stretch.held:
-            holders[BACKGROUND] = holders.get(BACKGROUND, 0.0) + busy - stretch.held
-        return start, holders, stretch.traces()
 
     # -- read by spans ----------------------------------------------------------------------
 
@@ -315,7 +278,7 @@ class Timeline:
                     frozen[culprit] = delta
         own = span.own_long
         if partial >= self.floor:
-            stretch = self._stretch
+            stretch = self.in_progress
             stretch.fold()
             for route, seconds in stretch.holders.items():
                 frozen[route] = frozen.get(route, 0.0) + seconds

@@ -38,6 +38,7 @@ from .traces import ServerSpan, current_server_span, exemplar, parent_context
 
 if TYPE_CHECKING:
     from .._types import Message, Send
+    from ..loop.timeline import Timeline
     from ..metrics import Metrics
     from ..request.spans import RequestSpan
 
@@ -186,7 +187,7 @@ class RequestTelemetry:
             return []
         marks = loop.stalls_during(request.start, now, server.context)
         timeline = request.timeline
-        so_far = timeline.stall_so_far(now)
+        so_far = _stall_so_far(timeline, now)
         if so_far is None:
             return marks
         start, holders, traces = so_far
@@ -262,3 +263,24 @@ def catch_server_spans(provider: TracerProvider | None = None) -> bool:
     add(ServerSpans())
     _catching.add(provider)
     return True
+
+
+def _stall_so_far(
+    timeline: Timeline, now: float
+) -> tuple[float, dict[str, float], dict[str, object]] | None:
+    """If the timeline's stretch in progress is a stall already at ``now``: its start, the
+    seconds each route held the loop in it so far (what no finished step did is
+    ``<background>``) and its traces. A request that ends inside a stall must link to the
+    stall's span now: its own span ends before the stall does."""
+    if not timeline.exact:
+        return None
+    start = timeline.current_start()
+    busy = now - start
+    if busy < timeline.threshold:
+        return None
+    stretch = timeline.in_progress
+    stretch.fold()
+    holders = dict(stretch.holders)
+    if busy > stretch.held:
+        holders[BACKGROUND] = holders.get(BACKGROUND, 0.0) + busy - stretch.held
+    return start, holders, stretch.traces()
