@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .errors import InternalErrors
-from .exposition import OffLoopServer, metrics_app
-from .liveness import Liveness, liveness_for
 from .loop.timeline import Timeline
 from .metrics import (
     LAG_BUCKETS,
@@ -31,12 +29,11 @@ from .metrics import (
 from .monitor import LoopMonitor, get_monitor
 from .multiprocess import start_cleanup
 from .options import middleware_options
-from .report.http import ReportApp
 from .request.spans import RequestSpan
 from .request.tally import RequestMetrics
 from .request.tasks import CURRENT, current_task
-from .routes import UNMATCHED, RouteResolver, default_resolver
-from .shedding import Shedder
+from .routes import ContainedRoutes, default_resolver
+from .served import served_for
 
 if TYPE_CHECKING:
     from .otel.requests import RequestTelemetry
@@ -79,41 +76,33 @@ class StallwatchMiddleware:
             )  # registered nowhere, never used
         self.metrics: Metrics = metrics
         self._errors = InternalErrors(metrics.internal_errors)  # until a monitor counts them
-        self._resolver: RouteResolver = route_resolver or default_resolver(app)
-        self._resolve: RouteResolver = self._contained_resolve  # bound once, not per request
-        self._bind_app = route_resolver is None
-        self._metrics_app = metrics_app(registry) if options_.metrics_path is not None else None
-        self._report = (
-            ReportApp(lambda: self.monitor, path=options_.report_path, token=options_.report_token)
-            if options_.report
-            else None
+        self._routes = ContainedRoutes(
+            route_resolver or default_resolver(app),
+            bind=route_resolver is None,
+            on_error=lambda: self._internal_error("middleware"),
         )
+        served = served_for(
+            options_,
+            registry,
+            metrics,
+            lambda: self.monitor,
+            self._routes.before_app,
+            lambda: self._internal_error("middleware"),
+        )
+        # What is read on every request, kept at hand.
+        self._metrics_app = served.metrics_app
+        self._report = served.report
+        self._off_loop = served.off_loop
+        self._shedder = served.shedder
+        self._liveness = served.liveness
         self._report_prefix = options_.report_path + "/"
-        self._metrics_path = options_.metrics_path  # read on every request: kept at hand
+        self._metrics_path = options_.metrics_path
         self._server_timing = options_.server_timing
-        self._off_loop = (
-            None
-            if options_.metrics_port is None
-            else OffLoopServer(
-                options_.metrics_port,
-                options_.metrics_host,
-                registry,
-                self._report,
-                self._liveness,
-            )
-        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timeline: Timeline | None = None
         self.monitor: LoopMonitor | None = None
         self._owns_monitor = False
         self._requests = RequestMetrics(self.metrics, group_status=options_.group_status)
-        self._shedder = (
-            None
-            if options_.shed_lag is None
-            else Shedder(
-                options_.shed_lag, self._recent_lag, self._shed_route, metrics.requests_shed
-            )
-        )
         self._telemetry: RequestTelemetry | None = None
         if self.monitor_options.opentelemetry:
             from .otel import request_telemetry  # OpenTelemetry is imported only when asked for
@@ -184,13 +173,14 @@ class StallwatchMiddleware:
         except RuntimeError:  # trio, or anything else that is not an asyncio loop
             _warn_unwatched()
             return None
-        if self._bind_app:
-            self._bind(scope)
+        routes = self._routes
+        if routes.unbound:
+            routes.bind(scope)
         timeline = self._timeline
         monitor = self.monitor
         if loop is not self._loop or timeline is None or monitor is None or not monitor.running:
             timeline = self._attach(loop)
-        span = RequestSpan(timeline, scope, send, self._resolve)
+        span = RequestSpan(timeline, scope, send, routes)
         # The server's task runs the app's own coroutine, which the span times itself.
         span.host = current_task(loop)
         timeline.request_started(span)
@@ -244,51 +234,6 @@ class StallwatchMiddleware:
             self._internal_error("middleware")
 
     # -- the monitor's life cycle ------------------------------------------------------------
-
-    def _bind(self, scope: Scope) -> None:
-        """Give the route resolver the outermost application, to name mounted routes."""
-        self._bind_app = False
-        top = scope.get("app")
-        bind = getattr(self._resolver, "bind", None)
-        if top is not None and callable(bind):
-            bind(top)
-
-    def _recent_lag(self) -> float | None:
-        monitor = self.monitor
-        if monitor is None or not monitor.running:
-            return None  # not watching yet: nothing to judge by
-        try:
-            return monitor.recent_lag()
-        except Exception:
-            self._internal_error("middleware")
-            return None
-
-    def _shed_route(self, scope: Scope) -> str:
-        if self._bind_app:
-            try:
-                self._bind(scope)
-            except Exception:  # named unmatched, refused all the same
-                self._internal_error("middleware")
-        return self._resolve(scope) or UNMATCHED
-
-    def _liveness(self) -> Liveness:
-        """``/livez``; the report's access rules decide who also sees the culprit route and
-        line, whether the report is served or not."""
-        options = self.options
-        access = self._report or ReportApp(
-            lambda: None, path=options.report_path, token=options.report_token
-        )
-        return liveness_for(lambda: self.monitor, options.liveness_timeout, access)
-
-    def _contained_resolve(self, scope: Scope) -> str | None:
-        # The timeline names routes from inside the loop's poll, where an exception would
-        # stop the event loop: a resolver that raises (a user's) names the request unmatched.
-        try:
-            route = self._resolver(scope)
-        except Exception:
-            self._internal_error("middleware")
-            return UNMATCHED
-        return route if route is None or isinstance(route, str) else UNMATCHED
 
     def _attach(self, loop: asyncio.AbstractEventLoop) -> Timeline:
         monitor = get_monitor(loop)

@@ -24,6 +24,7 @@ from .starlette import StarletteRoutes, _is_starlette
 
 __all__ = [
     "UNMATCHED",
+    "ContainedRoutes",
     "LitestarRoutes",
     "PathTemplateRoutes",
     "QuartRoutes",
@@ -38,6 +39,50 @@ UNMATCHED = "<unmatched>"
 RouteResolver = Callable[[Scope], "str | None"]
 
 _MAX_WRAPPERS = 32  # middleware wrappers looked through; deeper (or a cycle) is not followed
+
+
+class ContainedRoutes:
+    """A resolver as the middleware uses it: given the outermost application at the first
+    request (to name mounted routes), and contained. Routes are named from inside the
+    loop's poll, where an exception would stop the event loop: a resolver that raises or
+    answers something not a string (a user's) names the request ``<unmatched>``, and
+    ``on_error`` counts it."""
+
+    __slots__ = ("_on_error", "_resolver", "unbound")
+
+    def __init__(
+        self, resolver: RouteResolver, *, bind: bool, on_error: Callable[[], None]
+    ) -> None:
+        self._resolver = resolver
+        self._on_error = on_error
+        self.unbound = bind
+        """True until ``bind`` has run, where the resolver is to be bound at all."""
+
+    def bind(self, scope: Scope) -> None:
+        """Give the resolver ``scope["app"]``, the outermost application; once."""
+        self.unbound = False
+        top = scope.get("app")
+        bind = getattr(self._resolver, "bind", None)
+        if top is not None and callable(bind):
+            bind(top)
+
+    def __call__(self, scope: Scope) -> str | None:
+        try:
+            route = self._resolver(scope)
+        except Exception:
+            self._on_error()
+            return UNMATCHED
+        return route if route is None or isinstance(route, str) else UNMATCHED
+
+    def before_app(self, scope: Scope) -> str:
+        """The name of a request the app has not seen (a refused one): bound first if need
+        be, named unmatched if binding fails."""
+        if self.unbound:
+            try:
+                self.bind(scope)
+            except Exception:
+                self._on_error()
+        return self(scope) or UNMATCHED
 
 
 class PathTemplateRoutes:
