@@ -5,6 +5,12 @@ probe times busy stretches; the task factory hands the tasks a request starts to
 request; the watchdog thread samples the stack while the loop is held and reports each stall
 once it ends. Everything the monitor does on the loop thread is a few clock reads per
 iteration; the rest happens on the watchdog thread.
+
+The monitor owns what outlives a start: its options, metrics, history, profile, error
+counts, stall record (``stall/record.py``) and flushers, and it answers for them to the
+middleware, the report and ``/livez``. What each start attaches to the loop (the probe, the
+timeline, task attribution, the pools' hooks, the watchdog and the heartbeat) is an
+``attachment.Attachment``, built by ``start`` and taken off by ``stop``.
 """
 
 from __future__ import annotations
@@ -16,22 +22,19 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from .attachment import Attachment, MonitorLinks
 from .errors import InternalErrors
 from .events import StallEvent
 from .loop import registry
-from .loop.heartbeat import Heartbeat, HeartbeatLinks
 from .loop.history import LoopHistory
-from .loop.probes import Probe, choose_probe
-from .loop.timeline import Stretch, Timeline
+from .loop.timeline import Timeline
 from .metrics import Metrics, metrics_for
 from .options import MonitorOptions, monitor_options
 from .pools import PoolMetrics, PoolWatch
-from .profile import LoopProfile, ProfileSampler
-from .request.tasks import CURRENT, TaskAttribution
+from .profile import LoopProfile
 from .stall.gcwatch import GC_WATCH
 from .stall.record import StallRecord
-from .stall.sampling import StackSampler, frames_of
-from .stall.watchdog import Watchdog, WatchdogLinks
+from .stall.sampling import StackSampler
 
 if TYPE_CHECKING:
     from .otel.stalls import LoopTelemetry
@@ -81,7 +84,6 @@ class LoopMonitor:
                 lines=options.profile_lines,
                 span=self.history.span,
             )
-        self._profiler: ProfileSampler | None = None
         self.errors = InternalErrors(self.metrics.internal_errors)
         """Where every part watching this loop counts its own errors (``errors.py``)."""
         self.telemetry: LoopTelemetry | None = None
@@ -102,16 +104,9 @@ class LoopMonitor:
         )
         self._started = False
         self._loop_thread = 0
-        self._timeline: Timeline | None = None
-        self._probe: Probe | None = None
-        self._tasks: TaskAttribution | None = None
-        self._watchdog: Watchdog | None = None
-        self._heartbeat: Heartbeat | None = None
-        self._pools: PoolWatch | None = None
-        self.sampler: StackSampler | None = None
-        """The loop thread's stack reader (``/livez`` names the line holding the loop)."""
+        self._attached: Attachment | None = None
+        """What the last start attached to the loop; kept after stop, for its readers."""
         self._flushers: list[Callable[[], None]] = []
-        self._closer: Callable[[], None] | None = None
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -123,9 +118,9 @@ class LoopMonitor:
 
     @property
     def timeline(self) -> Timeline:
-        if self._timeline is None:
+        if self._attached is None:
             raise RuntimeError("the monitor is not started")
-        return self._timeline
+        return self._attached.timeline
 
     @property
     def running(self) -> bool:
@@ -135,7 +130,17 @@ class LoopMonitor:
     def probe(self) -> str:
         """How stretches are timed: ``poll`` (asyncio) and ``uv-prepare`` (uvloop) are exact;
         ``heartbeat+uv-idle`` and ``heartbeat`` are the fallbacks."""
-        return self._probe.name if self._probe is not None else "none"
+        return self._attached.probe.name if self._attached is not None else "none"
+
+    @property
+    def sampler(self) -> StackSampler | None:
+        """The loop thread's stack reader (``/livez`` names the line holding the loop)."""
+        return self._attached.sampler if self._attached is not None else None
+
+    @property
+    def pools(self) -> PoolWatch | None:
+        """The default executor and anyio's limiter of this loop, while watched."""
+        return self._attached.pools if self._attached is not None else None
 
     def add_flusher(self, flush: Callable[[], None]) -> None:
         """Run ``flush`` on the loop thread about ten times a second and before each scrape."""
@@ -154,8 +159,8 @@ class LoopMonitor:
     def settle(self, timeout: float = 1.0) -> bool:
         """Wait until every stall that has ended is in ``recent_stalls()`` (any thread but
         the loop's); False if the watchdog took longer than ``timeout`` seconds."""
-        watchdog = self._watchdog
-        return watchdog.settle(timeout) if watchdog is not None else True
+        attached = self._attached
+        return attached.watchdog.settle(timeout) if attached is not None else True
 
     def recent_stalls(self) -> list[StallEvent]:
         """The last stall events, oldest first."""
@@ -175,83 +180,34 @@ class LoopMonitor:
             logger.info("stallwatch: loop %r is already monitored; not starting twice", loop)
             return False
         self._loop_thread = threading.get_ident()
-        sampler = StackSampler(self._loop_thread, in_app_include=self.options.in_app_include)
-        timeline = self._timeline = Timeline(
+        previous, metrics = self._attached, self.metrics
+        attached = self._attached = Attachment(
+            loop,
+            MonitorLinks(
+                stalls=self._stalls,
+                pool_metrics=PoolMetrics(
+                    *self._pool_histograms(), metrics.executor_threads, metrics.executor_waiting
+                ),
+                observe_lag=self._observe_lag,
+                show_stall=metrics.stall_in_progress.set,
+                flush=self.flush,
+                stop=self.stop,
+                error=self.internal_error,
+            ),
             floor=self.floor,
             threshold=self.stall_threshold,
-            on_stall=self._stall_ended,
-            current=CURRENT.get,
-        )
-        self._probe = choose_probe(
-            loop, timeline, interval=self.interval, on_error=lambda: self.internal_error("probe")
-        )
-        self._tasks = TaskAttribution(
-            loop, timeline, sampler.started_by, lambda: self.internal_error("tasks")
-        )
-        self._tasks.install()
-        self.sampler = sampler
-        metrics = self.metrics
-        pools = self._pools = PoolWatch(
-            loop,
-            PoolMetrics(
-                *self._pool_histograms(),
-                metrics.executor_threads,
-                metrics.executor_waiting,
-            ),
-            lambda: self.internal_error("pools"),
-        )
-        pools.install()
-        tasks = self._tasks
-        if self._profiler is not None:
-            self.remove_flusher(self._profiler.name_pending)  # a previous run's
-            self._profiler = None
-        if self.profile is not None:
-            self._profiler = ProfileSampler(
-                self.profile, frames=frames_of, top_frame=sampler.top_frame
-            )
-            self.add_flusher(self._profiler.name_pending)
-        heartbeat: Heartbeat | None = None  # made below, once the watchdog it reads exists
-        self._watchdog = Watchdog(
-            WatchdogLinks(
-                loop=loop,
-                held_since=self.held_since,
-                started_by=lambda: tasks.origin,
-                record=self._stalls.record,
-                on_error=lambda: self.internal_error("watchdog", once=True),
-                show_stall=self.metrics.stall_in_progress.set,
-                loop_closed=self.stop,
-                pool_busy=pools.busy_seconds,
-                running=lambda: timeline.running,
-                step_began=lambda: timeline.step_began,
-                stretch_id=lambda: timeline.stretch_id,
-                quiet=lambda: heartbeat is not None and heartbeat.quiet,
-                polling=lambda: timeline.busy_since is None,
-                park=self._park,
-            ),
-            sampler,
-            threading.get_native_id(),
-            threshold=self.stall_threshold,
-            sample_interval=self.sample_interval,
-            profiler=self._profiler,
-        )
-        GC_WATCH.acquire()
-        self._stop_on_close(loop)
-        watchdog = self._watchdog
-        self._heartbeat = heartbeat = Heartbeat(
-            loop,
-            timeline,
-            self._probe,
-            HeartbeatLinks(
-                observe=self._observe_lag,
-                stops_seen=lambda: watchdog.stops_seen,
-                every_tenth=self._every_tenth,
-                on_error=lambda: self.internal_error("heartbeat", once=True),
-            ),
             interval=self.interval,
+            sample_interval=self.sample_interval,
+            in_app_include=self.options.in_app_include,
+            profile=self.profile,
         )
+        if previous is not None and previous.profiler is not None:
+            self.remove_flusher(previous.profiler.name_pending)  # a previous run's
+        if attached.profiler is not None:
+            self.add_flusher(attached.profiler.name_pending)
+        GC_WATCH.acquire()
         self._started = True
-        self._heartbeat.start()
-        self._watchdog.start()
+        attached.start()
         return True
 
     def stop(self) -> None:
@@ -272,41 +228,13 @@ class LoopMonitor:
             loop.call_soon_threadsafe(self._detach)
         else:
             self._detach()
-        if self._watchdog is not None:
-            self._watchdog.stop()
+        if self._attached is not None:
+            self._attached.watchdog.stop()
         GC_WATCH.release()
 
-    def _stop_on_close(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Stop, and join the watchdog, as the loop closes (``asyncio.run`` closes it): no
-        thread of ours outlives the loop, whoever counts the threads after it."""
-        own = getattr(loop, "__dict__", None)
-        if own is None:
-            return  # a loop class with __slots__: the watchdog stops at its next look
-        original = loop.close
-
-        def close() -> None:
-            self.stop()
-            original()
-
-        loop.close = close  # type: ignore[method-assign]
-        self._closer = close
-
     def _detach(self) -> None:
-        loop = self._loop
-        if loop is not None and getattr(loop, "__dict__", {}).get("close") is self._closer:
-            del loop.close  # a close set after ours stays, and calls ours, which calls stop
-        try:
-            self.flush()  # counts not yet handed to prometheus-client would be lost otherwise
-        except Exception:
-            self.internal_error("middleware")
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
-        if self._probe is not None:
-            self._probe.uninstall()
-        if self._tasks is not None:
-            self._tasks.uninstall()
-        if self._pools is not None:
-            self._pools.uninstall()
+        if self._attached is not None:
+            self._attached.detach()
 
     async def __aenter__(self) -> LoopMonitor:
         self.start()
@@ -320,24 +248,17 @@ class LoopMonitor:
     ) -> None:
         self.stop()
 
-    @property
-    def pools(self) -> PoolWatch | None:
-        """The default executor and anyio's limiter of this loop, while watched."""
-        return self._pools
-
     def recent_lag(self) -> float:
         """How late a callback due now would run (any thread; shedding and ``/livez``)."""
-        heartbeat = self._heartbeat
-        return heartbeat.recent_lag() if heartbeat is not None else 0.0
-
-    # -- the heartbeat (loop thread) ---------------------------------------------------------
+        attached = self._attached
+        return attached.heartbeat.recent_lag() if attached is not None else 0.0
 
     def held_since(self) -> float | None:
         """When the loop last stopped polling, if it is busy now (watchdog thread)."""
-        probe = self._probe
-        if probe is None or not self.loop.is_running():
-            return None  # a stopped loop is not a stalled one
-        return probe.held_since()
+        attached = self._attached
+        return attached.held_since() if attached is not None else None
+
+    # -- what the attachment is given --------------------------------------------------------
 
     def _observe_lag(self, late: float) -> None:
         """One beat's lag, seconds, wherever lag goes (the heartbeat calls it)."""
@@ -353,24 +274,6 @@ class LoopMonitor:
         if telemetry is None:
             return metrics.executor_queue_wait, metrics.executor_run
         return telemetry.teed_pool_histograms(metrics)
-
-    def _park(self, alarm: Callable[[], None] | None) -> None:
-        timeline = self._timeline
-        if timeline is not None:
-            timeline.on_wake = alarm
-
-    def _every_tenth(self) -> None:
-        if self._tasks is not None:
-            self._tasks.keep_installed()
-        self.flush()
-
-    # -- stalls (the loop thread hands over, the watchdog records) ---------------------------
-
-    def _stall_ended(self, stretch: Stretch) -> None:
-        if self._watchdog is not None and self._timeline is not None:
-            self._watchdog.stall_ended(
-                self._stalls.stretch_ended(stretch, self._timeline.stretch_id)
-            )
 
     def internal_error(self, component: str, *, once: bool = True) -> None:
         """Count an error of stallwatch's own and log it the first time; never raise."""

@@ -19,8 +19,8 @@ INTERVAL = 0.010
 
 
 def quiet(monitor: LoopMonitor) -> bool:
-    beat = monitor._heartbeat
-    return beat is not None and beat.quiet
+    attached = monitor._attached
+    return attached is not None and attached.heartbeat.quiet
 
 
 @pytest.mark.parametrize("loop", LOOPS)
