@@ -95,10 +95,12 @@ async def _idle(mode: str, seconds: float) -> dict[str, Any]:
         threading.Thread(target=wake, daemon=True).start()
     if mode == "no-watchdog":
         # Diagnosis only: the heartbeat and probe alone, to split the cost between them and
-        # the watchdog thread. Reaches into the monitor; skipped if its insides change.
-        watchdog = getattr(monitor, "_watchdog", None)
+        # the watchdog thread. Reaches into the monitor: fails, rather than measure nothing,
+        # if its insides change.
+        attached = getattr(monitor, "_attached", None)
+        watchdog = getattr(attached, "watchdog", None)
         if watchdog is None:
-            return {"cpu": float("nan"), "wall": 1.0, "probe": monitor.probe, "stalls": []}
+            raise RuntimeError("no-watchdog: LoopMonitor._attached.watchdog is gone; update me")
         watchdog.stop()
     await asyncio.sleep(1.0)  # start-up (imports, first beats) is not the steady state
     wall, cpu = perf_counter(), process_time()

@@ -60,7 +60,7 @@ def metrics_app(registry: CollectorRegistry | None = None) -> ASGIApp:
 
 
 class ReportResponder(Protocol):
-    """What the off-loop server needs of the report (``report_http.ReportApp``)."""
+    """What the off-loop server needs of the report (``report.http.ReportApp``)."""
 
     def handles(self, path: str) -> bool: ...
 

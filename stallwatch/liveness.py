@@ -9,7 +9,7 @@ would only drop the work it is doing); it is not alive when it has not polled fo
 and not when it is not running at all (stopped, closed, or not started yet).
 
 ``verdict`` is the decision, a pure function of one reading; ``Liveness.respond`` the
-answer, a plain function of the request, in the shape of the report's (``report/http.py``),
+answer, a plain function of the request, in the shape of the report's (``report/answers.py``),
 whose access rules decide who may also read the culprit route and line in progress.
 """
 

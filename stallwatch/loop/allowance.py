@@ -7,20 +7,20 @@ A stall is *allowed* when code the app marked as expected to block held at least
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 ALLOWED_SHARE = 0.5
 """A stall is *allowed* when code inside ``allow_blocking()`` held at least this share of it."""
 
 
+@dataclass(slots=True)
 class Allowance:
     """Seconds spent inside ``allow_blocking()`` in the stretch in progress; blocks nest."""
 
-    __slots__ = ("_depth", "_since", "held")
-
-    def __init__(self) -> None:
-        self._depth = 0
-        self._since = 0.0
-        self.held = 0.0
-        """Seconds of closed blocks in this stretch (the timeline zeroes it at each poll)."""
+    held: float = 0.0
+    """Seconds of closed blocks in this stretch (the timeline zeroes it at each poll)."""
+    _depth: int = 0
+    _since: float = 0.0
 
     def began(self, now: float) -> None:
         if not self._depth:

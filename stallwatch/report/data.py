@@ -1,6 +1,6 @@
 """What the report shows, as pure functions of the stall events and the loop history.
 
-Nothing here reads a clock, a monitor or a request: the HTTP layer (``report_http``) gathers
+Nothing here reads a clock, a monitor or a request: the HTTP layer (``report.http``) gathers
 the inputs and serves the outputs, so every grouping and ordering rule can be tested on plain
 values. All durations are seconds, all times wall-clock (``time.time()``) seconds.
 """
