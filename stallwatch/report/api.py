@@ -9,7 +9,7 @@ while the monitor starts or stops; the views themselves are ``data.py``'s pure f
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs
 
 from .._types import Response
@@ -19,14 +19,25 @@ from .answers import api_answer, bare, json_answer
 from .data import causes_view, loop_view, stalls_view, summary
 
 if TYPE_CHECKING:
-    from ..monitor import LoopMonitor
+    from ..events import StallEvent
+
+
+class Watched(Protocol):
+    """What the report asks of the monitor outright (``monitor.LoopMonitor`` is one); the
+    rest (history, profile, pools, settings) it reads defensively, as any may be missing
+    while the monitor starts or stops."""
+
+    def recent_stalls(self) -> list[StallEvent]: ...
+
+    def internal_error(self, component: str) -> None: ...
+
 
 DEFAULT_WINDOW = 300.0
 """Seconds of loop history ``api/loop`` covers unless ``?window=`` asks for fewer."""
 
 
 def endpoint_answer(
-    monitor: LoopMonitor | None, sub: str, method: str, query: str, now: float
+    monitor: Watched | None, sub: str, method: str, query: str, now: float
 ) -> Response:
     """The answer to ``sub`` (one of the API's paths) at wall-clock time ``now``."""
     events = monitor.recent_stalls() if monitor is not None else []
@@ -75,7 +86,7 @@ def _profile(monitor: Any, window: float, query: str, method: str, now: float) -
     return api_answer(200, "text/plain; charset=utf-8", body, method)
 
 
-def _pools(monitor: LoopMonitor | None) -> list[dict[str, Any]]:
+def _pools(monitor: Watched | None) -> list[dict[str, Any]]:
     """The thread pools' section: each pool now, and the routes whose work waited most."""
     watch = getattr(monitor, "pools", None)
     if watch is None:
@@ -83,7 +94,7 @@ def _pools(monitor: LoopMonitor | None) -> list[dict[str, Any]]:
     return pools_view(watch.readings(), watch.routes())
 
 
-def _monitor_info(monitor: LoopMonitor | None) -> dict[str, Any]:
+def _monitor_info(monitor: Watched | None) -> dict[str, Any]:
     """What the page says about the monitor itself, read defensively: any attribute may be
     missing while the monitor starts or stops."""
     if monitor is None:

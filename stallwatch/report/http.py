@@ -20,15 +20,11 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
 from .._types import PlainRequest, Receive, Response, Scope, Send
 from ..options import check_path, check_token
 from .answers import bare, page_answer
-from .api import endpoint_answer
-
-if TYPE_CHECKING:
-    from ..monitor import LoopMonitor
+from .api import Watched, endpoint_answer
 
 logger = logging.getLogger("stallwatch")
 
@@ -55,7 +51,7 @@ class ReportApp:
 
     def __init__(
         self,
-        get_monitor: Callable[[], LoopMonitor | None],
+        get_monitor: Callable[[], Watched | None],
         *,
         path: str = "/_stallwatch",
         token: str | None = None,
