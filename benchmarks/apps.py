@@ -62,6 +62,7 @@ PROTOTYPES = (
     "sw-noattrib",
     "sw-nofrozen",
     "sw-nometrics",
+    "sw-nowatchdog",
 )
 """stallwatch with one change applied from outside the package, to measure a fix before it
 is made (``benchmarks/gc_tail.py``): a finished request's span lets go of its scope, coroutine
@@ -279,6 +280,11 @@ def _prototype(variant: str, framework: str, bhm: bool) -> Any:
         from stallwatch.loop import timeline
 
         timeline.Timeline.frozen = lambda self, span, end: None  # type: ignore[method-assign]
+    if variant == "sw-nowatchdog":
+        from stallwatch.stall import watchdog
+
+        # No watchdog thread: nothing takes the GIL from the loop thread to look or sample.
+        watchdog.Watchdog.start = lambda self: None  # type: ignore[method-assign]
     if variant == "sw-nometrics":
         from stallwatch.request import tally
 
