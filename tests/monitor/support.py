@@ -4,6 +4,7 @@ metrics (the fixtures that calibrate the blockers are in ``conftest.py``)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import os
 import threading
@@ -92,7 +93,17 @@ async def block_once(
     await asyncio.sleep(0.05)
     known = monitor.recent_stalls()
     last = known[-1] if known else None
-    done = block()
+    # No automatic collection inside the block: a full one that the watchdog's allocations
+    # happen to set off there (100 ms on a test process's heap) would be half of a 200 ms
+    # stall, rightly called ``gc``, and the block would not be the block it says it is. The
+    # GC cases collect explicitly, which this does not prevent.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        done = block()
+    finally:
+        if enabled:
+            gc.enable()
 
     def new() -> list[StallEvent]:
         return newer_than(monitor.recent_stalls(), last)
