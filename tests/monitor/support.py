@@ -86,32 +86,36 @@ def covers(event: StallEvent, block: Block) -> bool:
 
 
 async def block_once(
-    monitor: LoopMonitor, block: Callable[[], Block]
+    monitor: LoopMonitor, block: Callable[[], Block], *, freeze_heap: bool = True
 ) -> tuple[Block, list[StallEvent]]:
-    """Block the loop once; return the block and every stall recorded that overlaps it."""
+    """Block the loop once; return the block and every stall recorded that overlaps it.
+
+    With ``freeze_heap`` the test process's heap is out of the collector's view until the
+    stall is recorded (``gc.freeze``): a full collection that the watchdog's allocations set
+    off in the block, or right after it in the same stretch, would otherwise walk the whole
+    heap (about 100 ms on CI) and lengthen the stall by that much, rightly called ``gc``.
+    Collections still run, over what is new. The GC cases measure exactly such a walk, and
+    turn it off.
+    """
     # A few beats first, so the block starts from a steady, idle loop.
     await asyncio.sleep(0.05)
     known = monitor.recent_stalls()
     last = known[-1] if known else None
-    # No automatic collection inside the block: a full one that the watchdog's allocations
-    # happen to set off there (100 ms on a test process's heap) would be half of a 200 ms
-    # stall, rightly called ``gc``, and the block would not be the block it says it is. The
-    # GC cases collect explicitly, which this does not prevent.
-    enabled = gc.isenabled()
-    gc.disable()
+    if freeze_heap:
+        gc.freeze()
     try:
         done = block()
+
+        def new() -> list[StallEvent]:
+            return newer_than(monitor.recent_stalls(), last)
+
+        await wait_until(
+            lambda: any(covers(e, done) for e in new()), 5.0, f"the stall of a {done.kind} block"
+        )
+        await asyncio.sleep(QUIET)
     finally:
-        if enabled:
-            gc.enable()
-
-    def new() -> list[StallEvent]:
-        return newer_than(monitor.recent_stalls(), last)
-
-    await wait_until(
-        lambda: any(covers(e, done) for e in new()), 5.0, f"the stall of a {done.kind} block"
-    )
-    await asyncio.sleep(QUIET)
+        if freeze_heap:
+            gc.unfreeze()
     others = [e for e in new() if not covers(e, done)]
     assert caused_on_the_loop(others) == [], "stalls that neither the block nor the host made"
     return done, [e for e in new() if covers(e, done)]

@@ -72,7 +72,7 @@ def test_a_gc_pause_is_reported_as_gc_not_as_blocking_code(loop: str) -> None:
 
     async def main() -> tuple[Block, list[StallEvent]]:
         async with LoopMonitor(registry=CollectorRegistry()) as monitor:
-            return await block_once(monitor, blockers.collect_garbage)
+            return await block_once(monitor, blockers.collect_garbage, freeze_heap=False)
 
     try:
         block, events = run(loop, main())
