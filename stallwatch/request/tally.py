@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.samples import Exemplar
 
-from ..routes import method_label
+from ..routes import KNOWN_METHODS, method_label
 
 if TYPE_CHECKING:
     from ..loop.history import LoopHistory
@@ -102,13 +102,12 @@ class HistogramTally:
 class RequestTally:
     """Latency, longest hold and busy time of one (method, route, status)."""
 
-    __slots__ = ("_both_bulk", "_busy", "_busy_child", "duration", "hold", "pending", "route")
+    __slots__ = ("_busy", "_busy_child", "duration", "hold", "pending", "route")
 
     def __init__(self, route: str, duration: Any, hold: Any, busy: Any) -> None:
         self.route = route
         self.duration = HistogramTally(duration)
         self.hold = HistogramTally(hold)
-        self._both_bulk = self.duration.bulk and self.hold.bulk
         self._busy_child = busy
         self._busy = 0.0
         self.pending = False
@@ -116,18 +115,8 @@ class RequestTally:
     def add(
         self, duration: float, longest: float, busy: float, exemplar: dict[str, str] | None
     ) -> None:
-        if self._both_bulk and exemplar is None:  # every request: the two written out
-            hold = self.hold
-            hold._counts[bisect_left(hold._bounds, longest)] += 1
-            hold._sum += longest
-            hold.pending = True
-            latency = self.duration
-            latency._counts[bisect_left(latency._bounds, duration)] += 1
-            latency._sum += duration
-            latency.pending = True
-        else:
-            self.duration.observe(duration, exemplar)
-            self.hold.observe(longest)
+        self.duration.observe(duration, exemplar)
+        self.hold.observe(longest)
         self._busy += busy
         self.pending = True
 
@@ -178,10 +167,8 @@ class FrozenTally:
         return seconds
 
 
-_KEYED_METHODS = frozenset(
-    ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "WEBSOCKET")
-)
-"""Methods that are their own label (``method_label``), and the middleware's ``WEBSOCKET``."""
+_KEYED_METHODS = KNOWN_METHODS | {"WEBSOCKET"}
+"""Methods that are their own label (``routes.KNOWN_METHODS``), and the middleware's own."""
 
 
 def status_label(status: int, group: bool) -> str:

@@ -145,24 +145,28 @@ class TaskAttribution:
     ) -> asyncio.Future[Any]:
         # Every task the loop creates passes here: outside a request (the server's own task
         # for each request among them) nothing is done but create it.
-        if self._active and kwargs.get("context") is None and CURRENT.get() is not None:
-            return self._create_in_request(loop, coro, kwargs)
+        if self._active and kwargs.get("context") is None:
+            span = CURRENT.get()
+            if span is not None:
+                return self._create_in_request(loop, coro, span, kwargs)
         previous = self._previous
         if previous is not None:
             return previous(loop, coro, **kwargs)
         return asyncio.Task(coro, loop=loop, **kwargs)  # looked up now, as asyncio does
 
     def _create_in_request(
-        self, loop: asyncio.AbstractEventLoop, coro: Any, kwargs: dict[str, Any]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        coro: Any,
+        span: RequestSpan,
+        kwargs: dict[str, Any],
     ) -> asyncio.Future[Any]:
         token = origin = None
         try:
-            span = CURRENT.get()
-            if span is not None:
-                if span.done:  # the request has ended: whatever started this, not it
-                    token = CURRENT.set(None)
-                else:
-                    origin = STARTED_BY.set(self._started_by())
+            if span.done:  # the request has ended: whatever started this, not it
+                token = CURRENT.set(None)
+            else:
+                origin = STARTED_BY.set(self._started_by())
         except Exception:
             self._on_error()
         try:

@@ -23,6 +23,7 @@ from .quart import QuartRoutes, _is_quart
 from .starlette import StarletteRoutes, _is_starlette
 
 __all__ = [
+    "KNOWN_METHODS",
     "UNMATCHED",
     "ContainedRoutes",
     "LitestarRoutes",
@@ -120,11 +121,12 @@ def default_resolver(app: Any) -> RouteResolver:
     return PathTemplateRoutes()
 
 
-def method_label(
-    method: str,
-    _known: frozenset[str] = frozenset(
-        ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
-    ),
-) -> str:
+KNOWN_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
+)
+"""The methods that are their own label; any other is ``OTHER`` (``method_label``)."""
+
+
+def method_label(method: str) -> str:
     """Methods are client input: anything unknown is ``OTHER`` so the label set stays small."""
-    return method if method in _known else "OTHER"
+    return method if method in KNOWN_METHODS else "OTHER"
