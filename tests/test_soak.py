@@ -23,21 +23,26 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 import stallwatch
-from stallwatch import StallwatchMiddleware
+from stallwatch import StallwatchMiddleware, monitor
+from stallwatch.profile import LoopProfile
 from tests.apps import proof_routes
 
 REQUESTS = int(os.environ.get("STALLWATCH_SOAK_REQUESTS", "100000"))
 WARM_UP = REQUESTS // 5
 CHECK_EVERY = REQUESTS // 5
 CONCURRENCY = 50
-GROWTH_LIMIT = 256 * 1024
+GROWTH_LIMIT = 768 * 1024
 """Bytes stallwatch may hold at a checkpoint beyond what it held at the first one: room for
 its bounded buffers, which rise and fall with the traffic of the moment (the last 512 gc
-pauses, the requests and tasks in flight, a dict that resizes), far below what a leak of one
-object per request leaves (80,000 requests x 56 bytes at the least: 4.5 MB)."""
+pauses, the requests and tasks in flight, a dict that resizes) and, the largest, the
+profile's cache of located stacks (``profile.sampler.LOCATED``: 128 stacks, about 0.5 MB
+when full of this soak's deep and varied ones, then it starts over; a checkpoint can find it
+empty and the next full). Far below what a leak of one object per request leaves (80,000
+requests x 56 bytes at the least: 4.5 MB)."""
 
 PACKAGE = str(Path(stallwatch.__file__).resolve().parent)
 
@@ -49,6 +54,24 @@ second until it has run for 300 s. A soak of a minute cannot tell its filling fr
 tests/loop/test_history.py runs its clock past the window instead. Everything else stallwatch
 allocates must be flat once warm (the timeline keeps no ring: the totals it copies live only
 as long as the requests that pinned them)."""
+
+
+class QuickProfile(LoopProfile):
+    """The line profile with its ring turned over in two seconds, not five minutes.
+
+    The profile is the other ring that fills with time: 10 s buckets over the history's
+    300 s, and the loop is busy for the whole soak, so each new bucket fills with its own
+    cells and stacks (each bucket bounded; a 74 s run in CI held 530 KB more by its third
+    checkpoint than at its first). Turned over every 2 s, it is full before the warm-up
+    ends and cycles dozens of times while memory is tracked: what must stay flat is then
+    the profile full, recycling its buckets, and charging samples to requests. Its bound at
+    the real span is tests/test_profile.py's ``test_memory_is_bounded_whatever_the_traffic``.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**{**options, "span": 2.0, "bucket": 0.1})
+
+
 KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
 
 
@@ -108,20 +131,27 @@ async def soak(
     return outcomes
 
 
-def test_a_long_run_of_messy_traffic_keeps_memory_flat_and_labels_bounded() -> None:
+def test_a_long_run_of_messy_traffic_keeps_memory_flat_and_labels_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     registry = CollectorRegistry()
+    monkeypatch.setattr(monitor, "LoopProfile", QuickProfile)
     # No stall events: a full collection of a large heap (the whole suite's, in CI) stalls an
     # in-process loop for a second now and then, and the stall history (bounded at 100 events
     # with their stacks) filling up is not what this test measures; requests are.
     app = StallwatchMiddleware(proof_routes.build(), registry=registry, stall_threshold=60.0)
     held: dict[int, int] = {}
+    profiles: list[LoopProfile | None] = []
+    sampled: list[int] = []
 
     def checkpoint(done: int) -> None:
         app.flush()
         if done == WARM_UP:
+            profiles.append(app.monitor.profile if app.monitor is not None else None)
             tracemalloc.start()
         elif done > WARM_UP:
             held[done] = held_by_stallwatch()
+            sampled.append(profiles[0].snapshot().samples if profiles[0] is not None else 0)
 
     async def main() -> Counter[str]:
         shutdown = await proof_routes.lifespan(app)
@@ -140,6 +170,10 @@ def test_a_long_run_of_messy_traffic_keeps_memory_flat_and_labels_bounded() -> N
     # The traffic really was that messy, and every request came back.
     assert sum(outcomes.values()) == REQUESTS, outcomes
     assert {"2xx", "4xx", "5xx", "RuntimeError"} <= set(outcomes), outcomes
+    # The profile that was watched was the quick one, and it did count the busy loop.
+    (profile,) = profiles
+    assert isinstance(profile, QuickProfile), profiles
+    assert min(sampled) > 0, sampled
     first, *later = sorted(held)
     assert later, held
     assert max(held[n] for n in later) - held[first] <= GROWTH_LIMIT, (held, elapsed)
