@@ -22,6 +22,7 @@ so that runs at one ``--rate`` show what the sampling itself adds to the route's
     python -m benchmarks.profile_demo                  # 5 + 60 + 40 s of load, about 2 minutes
     python -m benchmarks.profile_demo --duration 20    # a quick look
     python -m benchmarks.profile_demo --duration 30 --executor-duration 0 --rate 45 --profile off
+    python -m benchmarks.profile_demo --pin             # the server alone on one core
 """
 
 from __future__ import annotations
@@ -153,11 +154,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     profiled = args.profile == "on"
     command = [sys.executable, "-m", "benchmarks.profile_demo", "serve", times, args.profile]
     command += demo_command(port, "blocking", args.loop, 1, None)[3:]  # the demo's own flags
+    cores = sorted(os.sched_getaffinity(0))
+    if args.pin and len(cores) >= 2:
+        # Unpinned, a response's send can wake the load generator on the server's own core,
+        # and the route pays for the switch (docs/profile.md: 0.59 ms of send per request).
+        command = ["taskset", "-c", str(cores[0]), *command]
+        os.sched_setaffinity(0, cores[1:])
     out: dict[str, Any] = {
         "load": args.load,
         "duration": args.duration,
         "loop": args.loop,
         "profile": profiled,
+        "pinned": bool(args.pin and len(cores) >= 2),
     }
     with tempfile.TemporaryFile() as log, started_demo(command, None, None, log) as proc:
         async with session(256) as client:
@@ -301,6 +309,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--loop", default="asyncio", choices=("asyncio", "uvloop"))
     p.add_argument("--json", help="also write the figures here")
+    p.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="server on the first core, this load generator on the others, as overhead.py "
+        "does (docs/profile.md: the route's share is then the server's alone, but the "
+        "watchdog shares the loop's core and misses moments)",
+    )
     return p.parse_args(argv)
 
 
