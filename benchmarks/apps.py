@@ -355,12 +355,18 @@ def build(framework: str, variant: str, *, bhm: bool = False) -> Any:
 
 
 def from_env() -> Any:
-    """uvicorn's factory: ``BENCH_FRAMEWORK``, ``BENCH_VARIANT``, ``BENCH_BHM`` (0 or 1)."""
-    return build(
+    """uvicorn's factory: ``BENCH_FRAMEWORK``, ``BENCH_VARIANT``, ``BENCH_BHM`` (0 or 1);
+    ``BENCH_INSITU=1`` adds ``benchmarks/insitu.py``'s timers."""
+    app = build(
         os.environ.get("BENCH_FRAMEWORK", "starlette"),
         os.environ.get("BENCH_VARIANT", "bare"),
         bhm=os.environ.get("BENCH_BHM") == "1",
     )
+    if os.environ.get("BENCH_INSITU") == "1":
+        from .insitu import instrument
+
+        app = instrument(app)
+    return app
 
 
 # The factories of earlier versions (``--factory benchmarks.apps:stallwatch``): Starlette.
