@@ -63,6 +63,8 @@ PROTOTYPES = (
     "sw-nofrozen",
     "sw-nometrics",
     "sw-nowatchdog",
+    "sw-nowrap",
+    "sw-nosendwrap",
 )
 """stallwatch with one change applied from outside the package, to measure a fix before it
 is made (``benchmarks/gc_tail.py``): a finished request's span lets go of its scope, coroutine
@@ -285,6 +287,16 @@ def _prototype(variant: str, framework: str, bhm: bool) -> Any:
 
         # No watchdog thread: nothing takes the GIL from the loop thread to look or sample.
         watchdog.Watchdog.start = lambda self: None  # type: ignore[method-assign]
+    if variant == "sw-nowrap":
+        from stallwatch.request import spans
+
+        # The app awaited as it is: its own steps untimed (tasks it starts still are).
+        spans.RequestSpan.wrap = lambda self, awaitable: awaitable  # type: ignore[method-assign,assignment,return-value]
+    if variant == "sw-nosendwrap":
+        from stallwatch.request import spans
+
+        # The server's send handed to the app as it is: no status seen (every request a 500).
+        spans.RequestSpan.asgi_send = property(lambda self: self._send)  # type: ignore[assignment]
     if variant == "sw-nometrics":
         from stallwatch.request import tally
 
