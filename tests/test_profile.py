@@ -578,10 +578,14 @@ def test_known_short_blocks_in_two_routes_and_a_child_task_give_their_true_share
     assert view["available"] is True
     covered, period = view["covered"], view["period"]
     assert period == pytest.approx(1 / 200)
+    marked = set(truth["lines"].values())
+    filed: list[int] = []
     lines: dict[int, tuple[str, float]] = {}
     for route in view["routes"]:
         for line in route["lines"]:
-            if line["file"] == truth["file"]:
+            # The app's other lines may be sampled too (``/truth``'s own handler, read last).
+            if line["file"] == truth["file"] and line["line"] in marked:
+                filed.append(line["line"])
                 lines[line["line"]] = (route["route"], line["samples"] * period)
     report = {
         name: (lines.get(number), truth["seconds"][name]) for name, number in truth["lines"].items()
@@ -593,8 +597,8 @@ def test_known_short_blocks_in_two_routes_and_a_child_task_give_their_true_share
         share, true_share = found[1] / covered, seconds / covered
         assert true_share > 0.05, report  # the test means something
         assert abs(share - true_share) < 0.05, (name, share, true_share, report)
-    # Each line is filed once: no marked line under another route.
-    assert len(lines) == 3, lines
+    # Each marked line is filed once: none under another route as well.
+    assert sorted(filed) == sorted(marked), (filed, lines)
     # The folded stacks say the same: one root per route, counts summing to the samples.
     parsed = parse_folded(text)
     roots = {frames[0] for frames, _ in parsed}
@@ -607,7 +611,7 @@ def test_known_short_blocks_in_two_routes_and_a_child_task_give_their_true_share
         line["hint"]["kind"]
         for route in view["routes"]
         for line in route["lines"]
-        if line["file"] == truth["file"] and line["hint"]
+        if line["file"] == truth["file"] and line["line"] in marked and line["hint"]
     }
     assert hints_seen == {"sleep"}
 

@@ -66,7 +66,8 @@ class Timeline:
         self.nested = 0.0
         """Seconds of timed steps inside the step in progress (``run_step`` keeps it)."""
         self.step_began = now
-        """When the innermost timed step in progress began (``run_step`` keeps it)."""
+        """When the innermost timed step in progress began (``run_step`` keeps it, and gives
+        the outer step's back when a nested one ends)."""
         self.current = current
         """Who pays for a step ``run_step`` is not told the payer of: the request whose
         context the step ran in (the monitor passes ``request.tasks.CURRENT.get``)."""
@@ -120,9 +121,7 @@ class Timeline:
             self._log(now, busy)
         elif self.ran:
             self.in_progress.reset()
-        allowance = self.allowance
-        if allowance.held:
-            allowance.held = 0.0
+        self.allowance.held = 0.0
         self.stretch_id += 1
 
     def poll_returned(self, now: float) -> None:
@@ -177,6 +176,7 @@ class Timeline:
         """
         outer = self.nested
         outer_running = self.running
+        outer_began = self.step_began
         self.running = span if span is not None else self.current()
         self.nested = 0.0
         began = self.step_began = perf_counter()
@@ -187,6 +187,7 @@ class Timeline:
             seconds = elapsed - self.nested  # less the timed steps inside this one
             self.nested = outer + elapsed
             self.running = outer_running
+            self.step_began = outer_began  # the outer step's, where it resumes
             if span is None:
                 span = self.current()
             if span is not None:
@@ -207,6 +208,11 @@ class Timeline:
                     route = span.route_label()
                     self.late_busy[route] = self.late_busy.get(route, 0.0) + seconds
 
+    def in_step(self, now: float) -> float:
+        """Seconds the timed step in progress has held the loop by ``now``, less its nested
+        steps (charged on their own): not charged yet to a step that reads it (a send)."""
+        return max(0.0, now - self.step_began - self.nested)
+
     def request_started(self, span: SpanBook) -> None:
         self.in_flight.add(span)
 
@@ -217,9 +223,7 @@ class Timeline:
         span.ended_in = self.stretch_id
 
     def take_late_busy(self) -> dict[str, float]:
-        late = self.late_busy
-        if late:
-            self.late_busy = {}
+        late, self.late_busy = self.late_busy, {}
         return late
 
     # -- the stretch's end ------------------------------------------------------------------

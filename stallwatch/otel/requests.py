@@ -107,7 +107,7 @@ class RequestTelemetry:
             timeline = request.timeline
             # The step sending the response is the request's own, though it is not over yet:
             # the timeline has not been told of it, and counts it as nobody's so far.
-            step = max(0.0, now - timeline.step_began)
+            step = timeline.in_step(now)
             frozen = dict(timeline.frozen(request, now) or ())
             background = frozen.get(BACKGROUND, 0.0)
             if background:

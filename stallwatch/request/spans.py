@@ -187,7 +187,7 @@ class RequestSpan(_TimedAwait):
                 now = perf_counter()
                 # The step sending the response is the request's own, though it is not over
                 # yet: the timeline has not been told of it, and would count it as another's.
-                in_step = max(0.0, now - timeline.step_began)
+                in_step = timeline.in_step(now)
                 frozen = timeline.frozen(self, now)
                 waited = max(0.0, sum(frozen.values()) - in_step) if frozen else 0.0
                 message = with_server_timing(message, self.busy + in_step, waited)

@@ -251,3 +251,32 @@ def test_a_request_that_ran_behind_the_stall_in_the_same_stretch_is_its_victim(
     (stall,) = loop.stalls
     assert stall.victims == {"/quick": 1}
     assert stall.frozen == pytest.approx({"/quick": 0.025})
+
+
+def test_a_nested_step_gives_the_outer_step_its_start_back_and_is_not_its_unsent_time(
+    loop: Loop,
+) -> None:
+    """A step timed inside another (an eager task's first step runs inside ``create_task``)
+    is charged on its own; once it ends, the outer step is again the one in progress: the
+    watchdog's profile reads when it began, and a send reads what it has not been charged."""
+    timeline, clock = loop.timeline, loop.clock
+    outer, inner = loop.request("/outer"), loop.request("/inner")
+    seen: dict[str, float] = {}
+
+    def inner_step() -> None:
+        clock.now += 0.003
+
+    def outer_step() -> None:
+        began = timeline.step_began
+        clock.now += 0.002
+        timeline.run_step(inner, inner_step)
+        clock.now += 0.001
+        seen["began"], seen["in_step"] = timeline.step_began - began, timeline.in_step(clock.now)
+        assert timeline.running is outer
+
+    timeline.run_step(outer, outer_step)
+
+    assert seen["began"] == 0.0  # the outer step's own start, not the nested one's
+    assert seen["in_step"] == pytest.approx(0.003)  # 2 ms before and 1 ms after, not the 3 ms
+    assert inner.busy == pytest.approx(0.003)
+    assert outer.busy == pytest.approx(0.003)
