@@ -16,6 +16,9 @@ other; rounds are interleaved, and each figure is the median over the rounds::
 
     flock /tmp/stallwatch-bench.lock python -m benchmarks.insitu --framework starlette \\
         --variants bare,noop,monitor,stallwatch,sw-nofrozen,sw-nometrics --rounds 3
+
+``VARIANT@REV`` serves that variant with stallwatch as committed at ``REV``
+(``--variants bare,stallwatch@HEAD,stallwatch``: a change against the last commit).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from time import perf_counter
 from typing import Any
 
 from ._common import loadavg, median, print_machine
-from ._servers import FLAVOURS, get_json, serve, wrk, wrk_script
+from ._servers import FLAVOURS, get_json, package_at, serve, wrk, wrk_script
 
 TIMED_PATH = "/"
 
@@ -154,7 +157,10 @@ def measure(
         for number in range(rounds):
             print(f"round {number + 1}/{rounds}, loadavg {loadavg()}", flush=True)
             for variant in variants:
-                env = {"BENCH_FRAMEWORK": framework, "BENCH_VARIANT": variant, "BENCH_INSITU": "1"}
+                name, _, rev = variant.partition("@")
+                env = {"BENCH_FRAMEWORK": framework, "BENCH_VARIANT": name, "BENCH_INSITU": "1"}
+                if rev:  # stallwatch as committed at REV, beside the working tree's
+                    env["BENCH_PACKAGE_DIR"] = str(package_at(rev, Path(tmp)))
                 with serve(variant, flavour, env, server_cpu, Path(tmp)) as server:
                     url = server.url + TIMED_PATH
                     wrk(url, seconds=1, connections=connections, cpu=wrk_cpu, script=script)

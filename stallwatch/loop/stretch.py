@@ -94,7 +94,7 @@ class Holders:
             delta = span.stretch_time - span.folded
             if delta > 0.0:
                 span.folded = span.stretch_time
-                route = span.route_label()
+                route = span.route or span.route_label()
                 holders[route] = holders.get(route, 0.0) + delta
                 self.held += delta
         self._cursor = len(ran)
@@ -112,11 +112,11 @@ class Holders:
         self.fold()
         holders, held = self.holders, self.held
         self.holders = {}  # the stretch keeps the folded dict
-        counted: set[SpanBook] = set()
         for span in self.ran:
-            if span not in counted:  # once per span, though it may stand in ``ran`` twice
-                counted.add(span)
-                span.own_long += span.stretch_time
+            # Once per span, though it may stand in ``ran`` twice: its time in this stretch
+            # is read no more once the stretch is over (the next one starts it afresh).
+            span.own_long += span.stretch_time
+            span.stretch_time = 0.0
         self.reset()
         return holders, held
 

@@ -187,7 +187,8 @@ class RequestMetrics:
         self._metrics = metrics
         self._group = group_status
         self._requests: dict[tuple[Any, str, int], RequestTally] = {}
-        self._frozen: dict[tuple[str, str], FrozenTally] = {}
+        self._frozen: dict[str, dict[str, FrozenTally]] = {}
+        """Route, then culprit: one lookup per request, then one per culprit."""
         self._pending = False
 
     def add(
@@ -209,11 +210,14 @@ class RequestMetrics:
             tally = self._new_tally(key)
         tally.add(duration, longest, busy, exemplar)
         if frozen:
+            by_culprit = self._frozen.get(route)
+            if by_culprit is None:
+                by_culprit = self._frozen[route] = {}
             for culprit, seconds in frozen.items():
-                pair = self._frozen.get((route, culprit))
+                pair = by_culprit.get(culprit)
                 if pair is None:
                     metrics = self._metrics
-                    pair = self._frozen[(route, culprit)] = FrozenTally(
+                    pair = by_culprit[culprit] = FrozenTally(
                         metrics.frozen_seconds.labels(route, culprit),
                         metrics.frozen_requests.labels(route, culprit),
                     )
@@ -250,7 +254,8 @@ class RequestMetrics:
             busy = tally.flush()
             if busy and history is not None:
                 history.busy(tally.route, busy)
-        for (route, culprit), pair in self._frozen.items():
-            seconds = pair.flush()
-            if seconds and history is not None:
-                history.frozen(route, culprit, seconds)
+        for route, by_culprit in self._frozen.items():
+            for culprit, pair in by_culprit.items():
+                seconds = pair.flush()
+                if seconds and history is not None:
+                    history.frozen(route, culprit, seconds)
