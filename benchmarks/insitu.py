@@ -67,14 +67,24 @@ class _Timers:
 TIMERS = _Timers()
 
 
-class _Outer:
+class _Timer:
+    """A pure-ASGI middleware that times ``GET /`` only; everything else passes through."""
+
     def __init__(self, app: Callable[..., Any]) -> None:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] != TIMED_PATH:
             await self.app(scope, receive, send)
-            return
+        else:
+            await self.timed(scope, receive, send)
+
+    async def timed(self, scope: Any, receive: Any, send: Any) -> None:
+        raise NotImplementedError
+
+
+class _Outer(_Timer):
+    async def timed(self, scope: Any, receive: Any, send: Any) -> None:
         timers = TIMERS
         timers.entered_inner = timers.left_inner = 0.0
         began = perf_counter()
@@ -92,14 +102,8 @@ class _Outer:
         timers.inner += inner
 
 
-class _Inner:
-    def __init__(self, app: Callable[..., Any]) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != TIMED_PATH:
-            await self.app(scope, receive, send)
-            return
+class _Inner(_Timer):
+    async def timed(self, scope: Any, receive: Any, send: Any) -> None:
         TIMERS.entered_inner = perf_counter()
         await self.app(scope, receive, send)
         TIMERS.left_inner = perf_counter()
