@@ -198,7 +198,7 @@ class StallwatchMiddleware:
             timeline.request_ended(span, end)
             scope = span.scope
             kind = scope.get("type")
-            route = span.route or span.route_label()
+            route = span.route_label()
             frozen = timeline.frozen(span, end)
             method = "WEBSOCKET" if kind == "websocket" else scope.get("method")
             status = span.status or 500

@@ -94,7 +94,7 @@ class Holders:
             delta = span.stretch_time - span.folded
             if delta > 0.0:
                 span.folded = span.stretch_time
-                route = span.route or span.route_label()
+                route = span.route_label()
                 holders[route] = holders.get(route, 0.0) + delta
                 self.held += delta
         self._cursor = len(ran)

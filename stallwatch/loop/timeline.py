@@ -291,7 +291,7 @@ class Timeline:
             if span.stretch_id == self.stretch_id:
                 own += span.stretch_time
         if own:
-            route = span.route or span.route_label()
+            route = span.route_label()
             left = frozen.get(route, 0.0) - own
             if left > 1e-9:
                 frozen[route] = left
