@@ -499,6 +499,38 @@ def make_sampler(clock: Clock) -> tuple[LoopProfile, ProfileSampler]:
     return p, ProfileSampler(p, frames=to_frames, top_frame=top_frame, clock=clock)
 
 
+def test_a_timed_route_takes_its_ms_per_s_from_its_steps_and_its_lines_their_share_of_it() -> None:
+    clock = Clock()
+    p = profile(clock)
+    for _ in range(30):
+        p.add("/cache/{key}", APP, (HANDLER, APP))
+    for _ in range(10):
+        p.add("/cache/{key}", OTHER, (HANDLER, OTHER))
+    for _ in range(20):
+        p.add(BACKGROUND, LIBRARY_ONLY, (SERVER,))
+    clock.now += 2.0
+    # The samples say 200 ms/s (40 x 10 ms over 2 s); the route's steps say it ran 250 ms/s.
+    timed = {"/cache/{key}": 0.25, "/ping": 0.05}
+    view = profile_view(p.snapshot(), hint=lambda line: None, timed=timed)
+    cache, background = view["routes"]
+    assert cache["timed"] is True
+    assert cache["ms_per_s"] == pytest.approx(250.0)
+    assert cache["share"] == pytest.approx(0.25)
+    assert cache["samples"] == 40  # the samples themselves are as counted
+    first, second = cache["lines"]
+    assert first["share"] == pytest.approx(0.75)  # shares come from the samples alone
+    assert first["ms_per_s"] == pytest.approx(0.75 * 250.0)
+    assert second["ms_per_s"] == pytest.approx(0.25 * 250.0)
+    # Not timed (no steps of its own): samples times the period, as before.
+    assert background["timed"] is False
+    assert background["ms_per_s"] == pytest.approx(100.0)
+    # A route timed but never sampled has no lines to show: it is not made up.
+    assert [r["route"] for r in view["routes"]] == ["/cache/{key}", BACKGROUND]
+    assert view["busy_ms_per_s"] == pytest.approx(350.0)
+    assert held_longest(view)[0]["seconds"] == pytest.approx(0.75 * 0.25 * 2.0)
+    assert "/cache/{key}  250.0 ms/s, 25.0% of the loop" in profile_text(view)
+
+
 def test_the_schedule_is_a_grid_that_does_not_make_up_missed_moments() -> None:
     clock = Clock(100.0)
     _, sampler = make_sampler(clock)
@@ -586,7 +618,11 @@ def test_known_short_blocks_in_two_routes_and_a_child_task_give_their_true_share
             # The app's other lines may be sampled too (``/truth``'s own handler, read last).
             if line["file"] == truth["file"] and line["line"] in marked:
                 filed.append(line["line"])
-                lines[line["line"]] = (route["route"], line["samples"] * period)
+                lines[line["line"]] = (
+                    route["route"],
+                    line["samples"] * period,
+                    line["ms_per_s"] * covered / 1e3,
+                )
     report = {
         name: (lines.get(number), truth["seconds"][name]) for name, number in truth["lines"].items()
     }
@@ -597,6 +633,10 @@ def test_known_short_blocks_in_two_routes_and_a_child_task_give_their_true_share
         share, true_share = found[1] / covered, seconds / covered
         assert true_share > 0.05, report  # the test means something
         assert abs(share - true_share) < 0.05, (name, share, true_share, report)
+        # Scaled to the route's exact loop time, the line's time holds as well.
+        timed_share = found[2] / covered
+        assert abs(timed_share - true_share) < 0.05, (name, timed_share, true_share, report)
+    assert {r["route"] for r in view["routes"] if r["timed"]} >= {"/a", "/b"}
     # Each marked line is filed once: none under another route as well.
     assert sorted(filed) == sorted(marked), (filed, lines)
     # The folded stacks say the same: one root per route, counts summing to the samples.

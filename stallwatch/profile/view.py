@@ -4,10 +4,16 @@
 and ``held_longest_text`` turn that JSON back into text, so the CLI (which reads the JSON
 over HTTP) and the plugin (which has it in process) print the same thing.
 
-Loop milliseconds per second are samples times the sampling period over the seconds the
-window covers: a statistical estimate whose error shrinks with the square root of the
-samples (at 100 samples per busy second, a line that holds the loop 100 ms/s for a minute
-has 600 samples: about 4 % relative error).
+Loop milliseconds per second come two ways. A route the middleware times (``timed``: its
+loop seconds per second from its steps' exact timing, the report's *Share of the loop*) keeps
+that exact figure, and each of its lines gets the route's figure times the line's share of
+the route's samples: the samples say where the time went, the clock says how much there was.
+The sampler misses moments, and not at random (a watchdog sharing the loop's only core wakes
+after the block it should have seen), so samples alone read a route low; their shares hold.
+Anything not timed (``<background>``, ``(other routes)``, a loop without the middleware) is
+samples times the sampling period over the seconds the window covers: a statistical estimate
+whose error shrinks with the square root of the samples (at 100 samples per busy second, a
+line that holds the loop 100 ms/s for a minute has 600 samples: about 4 % relative error).
 """
 
 from __future__ import annotations
@@ -38,16 +44,30 @@ def profile_view(
     *,
     hint: Callable[[LineProfile], Hint | None] | None = None,
     short: Callable[[str], str] | None = None,
+    timed: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The snapshot as JSON: per route its loop ms/s and share of the loop, then its lines
-    (most sampled first), each with its share of the route, hint and stacks."""
+    (most sampled first), each with its share of the route, hint and stacks.
+
+    ``timed`` maps a route to its loop seconds per second over the same window, measured
+    from its steps; those routes and their lines take their ms/s from it (``"timed": true``).
+    """
     if snapshot is None:
         return dict(EMPTY)
     name = short if short is not None else ShortPaths()
     find_hint = hint if hint is not None else line_hint
     per_sample = snapshot.period * 1e3 / snapshot.covered  # ms/s that one sample stands for
     routes = []
+    busy = 0.0
     for route in snapshot.routes:
+        exact = timed.get(route.route) if timed is not None and route.samples else None
+        if exact is not None:
+            route_ms = exact * 1e3
+            per_line = route_ms / route.samples  # ms/s that one of this route's samples is
+        else:
+            route_ms = route.samples * per_sample
+            per_line = per_sample
+        busy += route_ms
         lines = []
         for line in route.lines:
             location = line.location
@@ -64,7 +84,7 @@ def profile_view(
                     "function": frame.function if frame is not None else None,
                     "samples": line.samples,
                     "share": line.samples / route.samples if route.samples else 0.0,
-                    "ms_per_s": line.samples * per_sample,
+                    "ms_per_s": line.samples * per_line,
                     "hint": found.to_dict() if found is not None else None,
                     "stacks": [
                         {"count": s.count, "frames": [str(f) for f in s.frames]}
@@ -77,8 +97,9 @@ def profile_view(
             {
                 "route": route.route,
                 "samples": route.samples,
-                "ms_per_s": route.samples * per_sample,
-                "share": route.samples * per_sample / 1e3,
+                "ms_per_s": route_ms,
+                "share": route_ms / 1e3,
+                "timed": exact is not None,
                 "lines": lines,
             }
         )
@@ -90,7 +111,7 @@ def profile_view(
         "rate": 1.0 / snapshot.period,
         "period": snapshot.period,
         "samples": snapshot.samples,
-        "busy_ms_per_s": snapshot.samples * per_sample,
+        "busy_ms_per_s": busy,
         "routes": routes,
     }
 
@@ -144,7 +165,7 @@ def profile_text(view: Mapping[str, Any], *, routes: int = 10, lines: int = 5) -
 
 def held_longest(view: Mapping[str, Any], top: int = 10) -> list[dict[str, Any]]:
     """The lines that held the loop longest, all routes together: route, line, seconds."""
-    period = float(view.get("period") or 0.0)
+    covered = float(view.get("covered") or 0.0)
     found = []
     for route in view.get("routes", []):
         for line in route.get("lines", []):
@@ -154,7 +175,7 @@ def held_longest(view: Mapping[str, Any], top: int = 10) -> list[dict[str, Any]]
                 {
                     "route": route["route"],
                     "where": line.get("where") or line["location"],
-                    "seconds": line["samples"] * period,
+                    "seconds": float(line["ms_per_s"]) * covered / 1e3,
                     "hint": (line.get("hint") or {}).get("text"),
                 }
             )

@@ -16,7 +16,7 @@ from .._types import Response
 from ..pools.readings import pools_view
 from ..profile import folded, profile_view
 from .answers import api_answer, bare, json_answer
-from .data import causes_view, loop_view, stalls_view, summary
+from .data import causes_view, loop_view, stalls_view, step_rates, summary
 
 if TYPE_CHECKING:
     from ..events import StallEvent
@@ -79,7 +79,13 @@ def _profile(monitor: Any, window: float, query: str, method: str, now: float) -
     snapshot = profile.snapshot(window) if profile is not None else None
     form = parse_qs(query).get("format", ["json"])[-1]
     if form == "json":
-        return json_answer(200, {"generated_at": now, **profile_view(snapshot)}, method)
+        history = getattr(monitor, "history", None)
+        timed = None
+        if snapshot is not None and history is not None:
+            # The routes' exact loop time over the seconds the samples cover.
+            timed = step_rates(history.snapshot(snapshot.covered))
+        view = profile_view(snapshot, timed=timed)
+        return json_answer(200, {"generated_at": now, **view}, method)
     if form != "folded":
         return bare(400)
     body = folded(snapshot).encode() if snapshot is not None else b""

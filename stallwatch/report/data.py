@@ -200,3 +200,22 @@ def frozen_table(cells: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         for route, row in ordered
     ]
     return {"culprits": culprits, "rows": rows}
+
+
+def step_rates(snapshot: Mapping[str, Any] | None) -> dict[str, float]:
+    """Each route's loop seconds per second in a history snapshot, from its steps' exact
+    timing: what the profile's view scales its samples to (``profile_view(timed=...)``).
+
+    The span is the one the snapshot's buckets really cover (its first bucket's start to
+    now, at most the history's age), not the whole buckets' length it reports as ``covered``,
+    so that a window of a few seconds is not read a bucket's worth low.
+    """
+    if not snapshot or not snapshot.get("routes"):
+        return {}
+    series = snapshot.get("series") or []
+    span = float(snapshot["covered"])
+    if series:
+        span = min(span, float(snapshot["now"]) - float(series[0]["t"]))
+    if span <= 0:
+        return {}
+    return {str(row["route"]): float(row["busy"]) / span for row in snapshot["routes"]}

@@ -18,6 +18,7 @@ from stallwatch.report.data import (
     location_of,
     loop_view,
     stalls_view,
+    step_rates,
     summary,
 )
 from stallwatch.stall.location import LIBRARY_ONLY, NO_STACK
@@ -216,6 +217,23 @@ def test_route_shares_and_frozen_time_cover_the_window_only() -> None:
     assert whole["covered"] == pytest.approx(40.0)  # the history is younger than the window
     assert whole["routes"][0] == {"route": "/cache", "busy": 3.0, "share": pytest.approx(3 / 40)}
     assert whole["frozen"][0]["seconds"] == pytest.approx(0.75)
+
+
+def test_step_rates_are_each_routes_loop_seconds_per_second_over_the_span_really_covered() -> None:
+    clock = Clock(0.0)
+    h = history(clock, span=60.0)
+    h.busy("/cache", 2.0)
+    clock.now = 30.0
+    h.busy("/cache", 1.5)
+    h.busy("/ping", 0.3)
+    clock.now = 40.5
+    # Buckets 21..40 (21.0 to 40.5): 19.5 s, not the 20 s of whole buckets ``covered`` says.
+    rates = step_rates(h.snapshot(20))
+    assert rates == {"/cache": pytest.approx(1.5 / 19.5), "/ping": pytest.approx(0.3 / 19.5)}
+    # A history younger than the window: its age.
+    assert step_rates(h.snapshot(60))["/cache"] == pytest.approx(3.5 / 40.5)
+    assert step_rates(None) == {}
+    assert step_rates(history(Clock(5.0)).snapshot(10)) == {}  # no route ran
 
 
 def test_memory_is_a_fixed_ring_old_buckets_are_reused() -> None:
