@@ -430,7 +430,9 @@ def test_the_demo_read_gets_the_sqlite_hint_from_its_real_source() -> None:
 # -- the views ----------------------------------------------------------------------------------
 
 
-def test_the_view_gives_loop_ms_per_second_shares_hints_and_stacks() -> None:
+def two_seconds_of_cache_reads() -> LoopProfile:
+    """60 samples at 100/s over 2 s: ``/cache/{key}`` 30 at the read and 10 at the render,
+    ``<background>`` 20 in library code."""
     clock = Clock()
     p = profile(clock)
     for _ in range(30):
@@ -440,6 +442,11 @@ def test_the_view_gives_loop_ms_per_second_shares_hints_and_stacks() -> None:
     for _ in range(20):
         p.add(BACKGROUND, LIBRARY_ONLY, (SERVER,))
     clock.now += 2.0
+    return p
+
+
+def test_the_view_gives_loop_ms_per_second_shares_hints_and_stacks() -> None:
+    p = two_seconds_of_cache_reads()
     view = profile_view(
         p.snapshot(), short=lambda f: f.removeprefix("/srv/"), hint=lambda line: None
     )
@@ -500,15 +507,7 @@ def make_sampler(clock: Clock) -> tuple[LoopProfile, ProfileSampler]:
 
 
 def test_a_timed_route_takes_its_ms_per_s_from_its_steps_and_its_lines_their_share_of_it() -> None:
-    clock = Clock()
-    p = profile(clock)
-    for _ in range(30):
-        p.add("/cache/{key}", APP, (HANDLER, APP))
-    for _ in range(10):
-        p.add("/cache/{key}", OTHER, (HANDLER, OTHER))
-    for _ in range(20):
-        p.add(BACKGROUND, LIBRARY_ONLY, (SERVER,))
-    clock.now += 2.0
+    p = two_seconds_of_cache_reads()
     # The samples say 200 ms/s (40 x 10 ms over 2 s); the route's steps say it ran 250 ms/s.
     timed = {"/cache/{key}": 0.25, "/ping": 0.05}
     view = profile_view(p.snapshot(), hint=lambda line: None, timed=timed)
