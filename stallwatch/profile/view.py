@@ -10,10 +10,12 @@ that exact figure, and each of its lines gets the route's figure times the line'
 the route's samples: the samples say where the time went, the clock says how much there was.
 The sampler misses moments, and not at random (a watchdog sharing the loop's only core wakes
 after the block it should have seen), so samples alone read a route low; their shares hold.
-Anything not timed (``<background>``, ``(other routes)``, a loop without the middleware) is
-samples times the sampling period over the seconds the window covers: a statistical estimate
-whose error shrinks with the square root of the samples (at 100 samples per busy second, a
-line that holds the loop 100 ms/s for a minute has 600 samples: about 4 % relative error).
+The steps count a request when it ends, so for a route whose requests are still running (a
+websocket, a long stream) the samples may say more: the larger of the two stands. Anything not
+timed (``<background>``, ``(other routes)``, a loop without the middleware) is samples times
+the sampling period over the seconds the window covers: a statistical estimate whose error
+shrinks with the square root of the samples (at 100 samples per busy second, a line that
+holds the loop 100 ms/s for a minute has 600 samples: about 4 % relative error).
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def profile_view(
     (most sampled first), each with its share of the route, hint and stacks.
 
     ``timed`` maps a route to its loop seconds per second over the same window, measured
-    from its steps; those routes and their lines take their ms/s from it (``"timed": true``).
+    from its steps; those routes and their lines take their ms/s from it (``"timed": true``),
+    unless the samples alone say more (requests still running are not in the steps yet).
     """
     if snapshot is None:
         return dict(EMPTY)
@@ -60,13 +63,16 @@ def profile_view(
     routes = []
     busy = 0.0
     for route in snapshot.routes:
+        route_ms = route.samples * per_sample
+        per_line = per_sample
         exact = timed.get(route.route) if timed is not None and route.samples else None
-        if exact is not None:
+        # The steps count a request's time when it ends: while a long one (a websocket, a
+        # stream) still runs, its samples can say more, and the larger figure stands.
+        if exact is not None and exact * 1e3 >= route_ms:
             route_ms = exact * 1e3
             per_line = route_ms / route.samples  # ms/s that one of this route's samples is
         else:
-            route_ms = route.samples * per_sample
-            per_line = per_sample
+            exact = None
         busy += route_ms
         lines = []
         for line in route.lines:
