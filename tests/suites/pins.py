@@ -93,6 +93,13 @@ SUITES: tuple[Suite, ...] = (
                 "at all is logged meanwhile: stallwatch's stall warning reports exactly that "
                 "pause, as it should (the one difference wrapped, by design)",
             ),
+            (
+                "tests/test_from_thread.py::TestBlockingPortal::test_raise_baseexception_from_task",
+                "races in this anyio itself: the BaseException stops the portal's loop while "
+                "the test's thread sends it portal.stop, which then waits forever. It hung once "
+                "wrapped in a fresh-clone CI run; on two busy cores, 25 runs each way, it hung "
+                "once bare and once wrapped (no stallwatch on that loop: the test is synchronous)",
+            ),
         ),
         needs_ipv6_localhost=(
             "(ipv6 and not ipv6_disabled) or dualstack or (test_connection_refused and multi)"
