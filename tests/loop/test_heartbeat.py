@@ -28,21 +28,28 @@ def quiet(monitor: LoopMonitor) -> bool:
 def test_an_idle_loop_goes_quiet_and_its_skipped_beats_still_count(loop: str) -> None:
     registry = CollectorRegistry()
 
-    async def main() -> tuple[bool, bool, float, float, float]:
+    async def main() -> tuple[bool, bool, int, float, float, float]:
         async with LoopMonitor(registry=registry, interval=INTERVAL) as monitor:
             await asyncio.sleep(QUIET_AFTER / 2)
             early = quiet(monitor)
             await wait_until(lambda: quiet(monitor), QUIET_AFTER * 10, "the heartbeat to go quiet")
+            timeline = monitor._attached.timeline  # type: ignore[union-attr]
+            long0 = timeline.seq
             _, count0, _ = histogram(registry, LAG)
             began = asyncio.get_running_loop().time()
             await asyncio.sleep(1.0)
             _, count1, total = histogram(registry, LAG)
             elapsed = asyncio.get_running_loop().time() - began
-            return early, quiet(monitor), count1 - count0, elapsed, total
+            longs = timeline.seq - long0
+            return early, quiet(monitor), longs, count1 - count0, elapsed, total
 
-    early, still, counted, elapsed, total = run(loop, main())
+    early, still, longs, counted, elapsed, total = run(loop, main())
     assert not early  # busy with starting: not quiet before QUIET_AFTER
-    assert still
+    # Quiet for the idle second, unless a stretch past the floor brought it back, as it should:
+    # on a machine whose cores are taken (a loaded CI run), the loop thread waits for one in
+    # the middle of a beat, and that beat's stretch is long. 7 runs of 11 with two busy loops
+    # on the two cores; none on a quiet machine.
+    assert still or longs > 0, (still, longs)
     # Quiet beats stand for the beats they skip: about one observation per interval still.
     expected = elapsed / INTERVAL
     assert expected - 2 * QUIET_FACTOR <= counted <= expected + 2 * QUIET_FACTOR
