@@ -137,12 +137,16 @@ class Watchdog:
             links.loop_closed()
             return 0.0
         ended = links.stretch_id()  # before the hand-overs: a stall before it is handed over
+        woke = perf_counter()
+        if intended is not None and woke - intended > self.max_late:
+            # Before the hand-overs are weighed: a host that kept this thread off a CPU while
+            # a native call kept the GIL lets the loop hand the stall over before this first
+            # look, and this late wake-up is the only proof of what held it.
+            self._late.append((intended, woke))
         self._wakeups.drain()
         while self._samples and 0 <= self._samples[0].stretch < ended:
             self._samples.popleft()  # a profile sample of a stretch that ended short
         now = perf_counter()
-        if intended is not None and now - intended > self.max_late:
-            self._late.append((intended, now))
         if not loop.is_running():
             self._stopped.append(now)
             self.stops_seen += 1
