@@ -40,7 +40,7 @@ from stallwatch.profile import (
 )
 from stallwatch.profile.hints import Imports, parse_imports
 from stallwatch.profile.stacks import OTHER_ROUTES, PROFILE_DEPTH, ShortPaths, folded_frame
-from stallwatch.profile.view import held_longest, held_longest_text
+from stallwatch.profile.view import held_longest, held_longest_text, route_rate
 from stallwatch.stall.sampling import OMITTED
 
 pytest_plugins = ["pytester"]
@@ -504,6 +504,21 @@ def make_sampler(clock: Clock) -> tuple[LoopProfile, ProfileSampler]:
         return tuple(Frame(*f) for f in r)
 
     return p, ProfileSampler(p, frames=to_frames, top_frame=top_frame, clock=clock)
+
+
+@pytest.mark.parametrize(
+    ("sampled_ms", "steps", "expected"),
+    [
+        (80.0, 0.1, (100.0, True)),  # the steps' exact figure, where the samples missed moments
+        (80.0, 0.08, (80.0, True)),  # equal: the steps' still
+        (120.0, 0.1, (120.0, False)),  # a request still running: its samples say more
+        (80.0, None, (80.0, False)),  # not timed (<background>, a loop without the middleware)
+    ],
+)
+def test_a_routes_rate_is_its_steps_unless_its_samples_say_more(
+    sampled_ms: float, steps: float | None, expected: tuple[float, bool]
+) -> None:
+    assert route_rate(sampled_ms, steps) == pytest.approx(expected)
 
 
 def test_a_timed_route_takes_its_ms_per_s_from_its_steps_and_its_lines_their_share_of_it() -> None:

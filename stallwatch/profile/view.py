@@ -63,16 +63,10 @@ def profile_view(
     routes = []
     busy = 0.0
     for route in snapshot.routes:
-        route_ms = route.samples * per_sample
-        per_line = per_sample
-        exact = timed.get(route.route) if timed is not None and route.samples else None
-        # The steps count a request's time when it ends: while a long one (a websocket, a
-        # stream) still runs, its samples can say more, and the larger figure stands.
-        if exact is not None and exact * 1e3 >= route_ms:
-            route_ms = exact * 1e3
-            per_line = route_ms / route.samples  # ms/s that one of this route's samples is
-        else:
-            exact = None
+        steps = timed.get(route.route) if timed is not None and route.samples else None
+        route_ms, from_steps = route_rate(route.samples * per_sample, steps)
+        # ms/s that one of this route's samples stands for: its share of the route's figure
+        per_line = route_ms / route.samples if from_steps else per_sample
         busy += route_ms
         lines = []
         for line in route.lines:
@@ -105,7 +99,7 @@ def profile_view(
                 "samples": route.samples,
                 "ms_per_s": route_ms,
                 "share": route_ms / 1e3,
-                "timed": exact is not None,
+                "timed": from_steps,
                 "lines": lines,
             }
         )
@@ -198,3 +192,14 @@ def held_longest_text(view: Mapping[str, Any], top: int = 10) -> list[str]:
             text += f"  -> {row['hint']}"
         rows.append(text)
     return rows
+
+
+def route_rate(sampled_ms: float, steps: float | None) -> tuple[float, bool]:
+    """A route's loop milliseconds per second, and whether its steps' timing gave it.
+
+    The steps count a request's time when it ends: while a long one (a websocket, a stream)
+    still runs, its samples can say more than its steps, and the larger figure stands.
+    """
+    if steps is not None and steps * 1e3 >= sampled_ms:
+        return steps * 1e3, True
+    return sampled_ms, False
