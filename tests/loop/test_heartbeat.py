@@ -33,7 +33,7 @@ def test_an_idle_loop_goes_quiet_and_its_skipped_beats_still_count(loop: str) ->
             await asyncio.sleep(QUIET_AFTER / 2)
             early = quiet(monitor)
             await wait_until(lambda: quiet(monitor), QUIET_AFTER * 10, "the heartbeat to go quiet")
-            timeline = monitor._attached.timeline  # type: ignore[union-attr]
+            timeline = monitor.timeline
             long0 = timeline.seq
             _, count0, _ = histogram(registry, LAG)
             began = asyncio.get_running_loop().time()
