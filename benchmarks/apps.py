@@ -54,6 +54,7 @@ VARIANTS = (
 """``monitor`` is the bare app on a loop watched by ``LoopMonitor`` alone (no middleware):
 the loop-level hooks' share of stallwatch's cost."""
 PROTOTYPES = (
+    "sw-pure",
     "sw-release",
     "sw-gcfreeze",
     "sw-nogcwatch",
@@ -247,6 +248,8 @@ def _stallwatch(app: Any, **options: Any) -> Any:
 
 
 def _prototype(variant: str, framework: str, bhm: bool) -> Any:
+    # sw-pure: the server runs with STALLWATCH_PURE=1 (overhead.py sets it): the Python step
+    # accounting where the compiled one is built (stallwatch/loop/steps.py).
     if variant == "sw-floor20":
         return _stallwatch(_base(framework, bhm), floor=0.02)
     if variant == "sw-nogcwatch":

@@ -112,6 +112,8 @@ def measure(
                             "BENCH_BHM": "1" if middleware == "bhm" else "0",
                             **package,
                         }
+                        if variant == "sw-pure":  # chosen when stallwatch is imported
+                            env["STALLWATCH_PURE"] = "1"
                         label = f"{framework}/{flavour}/{middleware}/{variant}"
                         servers[variant] = stack.enter_context(
                             serve(label, flavour, env, server_cpu, logs)

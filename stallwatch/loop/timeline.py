@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from time import perf_counter, process_time, thread_time
-from typing import Any
 
 from ..events import BACKGROUND
 from .allowance import Allowance
+from .steps import StepClock
 from .stretch import Holders, SpanBook, Stretch
 
 __all__ = ["SpanBook", "Stretch", "Timeline"]
@@ -30,7 +30,7 @@ __all__ = ["SpanBook", "Stretch", "Timeline"]
 _NONE: dict[str, float] = {}
 
 
-class Timeline:
+class Timeline(StepClock):
     """Stretch bookkeeping for one loop; fed by a probe, read by spans and the watchdog."""
 
     def __init__(
@@ -63,6 +63,7 @@ class Timeline:
         self.ran = self.in_progress.ran
         """Spans that ran in the stretch in progress (the holders' list, kept here for the
         steps' hot path)."""
+        self.clock = clock
         self.nested = 0.0
         """Seconds of timed steps inside the step in progress (``run_step`` keeps it)."""
         self.step_began = now
@@ -164,54 +165,6 @@ class Timeline:
             less = self.last_holders if self.prev_seq != self.seq else _NONE
             return self.prev_stretch_start, self.prev_seq, totals, less
         return self.current_start(), self.seq, totals, _NONE
-
-    def run_step(self, span: SpanBook | None, step: Callable[..., Any], *args: Any) -> Any:
-        """Run one step of a request's code (its own coroutine, or a task it started) and
-        charge the loop time it held to ``span`` (None: whoever ``current`` says after the
-        step, as a pipelined request takes over the task the previous one started).
-
-        A step that runs inside another timed step (an eager task's first step runs inside
-        ``create_task``) is taken out of the outer one, so no second is counted twice. This
-        runs on every step of every request: the accounting is written out here, not called.
-        """
-        outer = self.nested
-        outer_running = self.running
-        outer_began = self.step_began
-        self.running = span if span is not None else self.current()
-        self.nested = 0.0
-        began = self.step_began = perf_counter()
-        try:
-            return step(*args)
-        finally:
-            elapsed = perf_counter() - began
-            seconds = elapsed - self.nested  # less the timed steps inside this one
-            self.nested = outer + elapsed
-            self.running = outer_running
-            self.step_began = outer_began  # the outer step's, where it resumes
-            if span is None:
-                span = self.current()
-            if span is not None:
-                span.busy += seconds
-                if seconds > span.longest:
-                    span.longest = seconds
-                sid = self.stretch_id
-                if span.stretch_id == sid:
-                    span.stretch_time += seconds
-                    if span.folded:
-                        self.ran.append(span)  # folded already: fold the new part too
-                else:
-                    span.stretch_id = sid
-                    span.stretch_time = seconds
-                    span.folded = 0.0
-                    self.ran.append(span)
-                if span.done:  # a task that outlived its request: its route still pays
-                    route = span.route_label()
-                    self.late_busy[route] = self.late_busy.get(route, 0.0) + seconds
-
-    def in_step(self, now: float) -> float:
-        """Seconds the timed step in progress has held the loop by ``now``, less its nested
-        steps (charged on their own): not charged yet to a step that reads it (a send)."""
-        return max(0.0, now - self.step_began - self.nested)
 
     def request_started(self, span: SpanBook) -> None:
         self.in_flight.add(span)

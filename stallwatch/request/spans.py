@@ -12,12 +12,12 @@ Everything here runs on the loop thread only.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable
 from time import perf_counter
-from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from .._types import Message, Scope, Send
+from ..loop.steps import TimedAwait
 from ..routes import UNMATCHED, RouteResolver
 from .server_timing import with_server_timing
 
@@ -25,58 +25,7 @@ if TYPE_CHECKING:
     from ..loop.timeline import Timeline
 
 
-class _TimedAwait:
-    """Times every step of the request's own coroutine, which runs inside the server's task.
-
-    It stands where the middleware awaits the app, so ``inspect`` and asyncio never see it
-    as a task's coroutine; for whoever walks the chain of awaits (a debugger, 3.14's
-    ``asyncio.capture_call_graph``) it answers with the app coroutine's frame and await.
-    """
-
-    __slots__ = ()
-
-    _coro: Any
-    _step: Any
-    """The app coroutine's ``send``, bound once."""
-    timeline: Timeline
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        return self
-
-    def __iter__(self) -> _TimedAwait:
-        return self
-
-    def send(self, value: Any = None) -> Any:
-        return self.timeline.run_step(self, self._step, value)  # type: ignore[arg-type]
-
-    __next__ = send
-
-    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
-        if val is None and tb is None:
-            return self.timeline.run_step(self, self._coro.throw, typ)  # type: ignore[arg-type]
-        return self.timeline.run_step(self, self._coro.throw, typ, val, tb)  # type: ignore[arg-type]  # pragma: no cover - pre-3.12 callers
-
-    def close(self) -> None:
-        self._coro.close()
-
-    @property
-    def cr_frame(self) -> Any:
-        return getattr(self._coro, "cr_frame", None)
-
-    @property
-    def cr_await(self) -> Any:
-        return getattr(self._coro, "cr_await", None)
-
-    @property
-    def cr_code(self) -> Any:
-        return getattr(self._coro, "cr_code", None)
-
-    @property
-    def cr_running(self) -> bool:
-        return bool(getattr(self._coro, "cr_running", False))
-
-
-def _released(*args: Any) -> Any:
+def _released(message: Message) -> Awaitable[None]:
     raise RuntimeError("this request has ended")
 
 
@@ -87,37 +36,26 @@ def _no_name(scope: Scope) -> None:
 _RELEASED: Scope = {}
 
 
-class RequestSpan(_TimedAwait):
+class RequestSpan(TimedAwait):
     """A request: its route, status and loop time; the timed await of its own coroutine."""
 
     __slots__ = (
-        "_coro",
         "_resolve",
         "_send",
-        "_step",
         "base",
         "base_less",
         "base_seq",
-        "busy",
-        "done",
         "ended",
         "ended_in",
-        "folded",
         "host",
-        "longest",
         "own_long",
         "route",
         "scope",
         "start",
         "status",
-        "stretch_id",
-        "stretch_time",
-        "timeline",
         "trace",
     )
 
-    stretch_time: float
-    folded: float
     ended: float
     ended_in: int
 
@@ -162,13 +100,9 @@ class RequestSpan(_TimedAwait):
         if self.route is None:
             self.route = UNMATCHED  # named now or never: the resolver needs the scope
         self.scope = _RELEASED
-        self._coro = self._step = self._send = _released
+        self.drop_coro()
+        self._send = _released
         self._resolve = _no_name
-
-    def wrap(self, awaitable: Any) -> RequestSpan:
-        coro = self._coro = awaitable if type(awaitable) is CoroutineType else awaitable.__await__()
-        self._step = coro.send
-        return self
 
     # -- the send wrapper: the status, nothing else ------------------------------------------
 

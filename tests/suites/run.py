@@ -337,9 +337,15 @@ def localhost_has_ipv6() -> bool:
         return False
 
 
-def run_pytest(suite: Suite, python: Path, project: Path, work: Path, *, wrapped: bool) -> Run:
-    """Run the suite to its end: resumed past each test that hung, until the deadline."""
-    label = "wrapped" if wrapped else "bare"
+def run_pytest(
+    suite: Suite, python: Path, project: Path, work: Path, *, wrapped: bool, steps: str = ""
+) -> Run:
+    """Run the suite to its end: resumed past each test that hung, until the deadline.
+
+    ``steps``: which step accounting a wrapped run must use where both are built
+    (``python``: ``STALLWATCH_PURE=1``; ``c``: the compiled one, labelled ``compiled``).
+    """
+    label = ("compiled" if steps == "c" else "wrapped") if wrapped else "bare"
     results = work / "results" / f"{suite.name}-{label}"
     shutil.rmtree(results, ignore_errors=True)
     results.mkdir(parents=True)
@@ -348,6 +354,9 @@ def run_pytest(suite: Suite, python: Path, project: Path, work: Path, *, wrapped
         for key, value in os.environ.items()
         if key not in ("PYTHONPATH", "PYTEST_ADDOPTS", "PYTHONHOME", "VIRTUAL_ENV")
     }
+    env.pop("STALLWATCH_PURE", None)
+    if steps == "python":
+        env["STALLWATCH_PURE"] = "1"
     env["PYTHONPATH"] = str(plugin_dir(work))
     env["VIRTUAL_ENV"] = str(python.parent.parent)
     env["PATH"] = os.pathsep.join([str(python.parent), env.get("PATH", "")])
@@ -480,12 +489,17 @@ def problems(suite: Suite, run: Run) -> list[str]:
         )
     if not run.tests:
         found.append(f"{run.label} run reported no tests")
-    if run.label == "wrapped" and not run.hung:
+    if run.label != "bare" and not run.hung:
         key = "sends_in_request" if suite.wrap == "apps" else "tests_in_request"
         if not run.stats:
-            found.append("wrapped run wrote no plugin counts: was the plugin loaded?")
+            found.append(f"{run.label} run wrote no plugin counts: was the plugin loaded?")
         elif not run.stats.get(key):
-            found.append(f"wrapped run watched nothing ({key}=0): {run.stats}")
+            found.append(f"{run.label} run watched nothing ({key}=0): {run.stats}")
+        elif run.label == "compiled" and run.stats.get("steps") != "c":
+            found.append(
+                "compiled run ran the Python step accounting: build stallwatch._cstep first "
+                "(STALLWATCH_COMPILE=1 pip install -e .)"
+            )
     return found
 
 
@@ -497,7 +511,7 @@ def describe(run: Run) -> str:
         + (f", {run.parts} pytest processes)" if run.parts > 1 else ")")
     )
     if run.stats:
-        shown = {k: v for k, v in run.stats.items() if k != "mode" and v}
+        shown = {k: v for k, v in run.stats.items() if k not in ("mode", "steps") and v}
         text += "\n           stallwatch: " + ", ".join(f"{k}={v}" for k, v in shown.items())
     return text
 
@@ -509,7 +523,7 @@ def compare(suite: Suite, bare: Run, wrapped: Run) -> bool:
     trouble = problems(suite, bare) + problems(suite, wrapped)
     for line in trouble:
         print(f"  !! {line}")
-        log = wrapped.log if line.startswith("wrapped") else bare.log
+        log = bare.log if line.startswith("bare") else wrapped.log
         if "hung (or crashed) in" not in line and log.exists():
             print(tail(log, 15))
     differ = sorted(bare.bad() ^ wrapped.bad())
@@ -522,10 +536,10 @@ def compare(suite: Suite, bare: Run, wrapped: Run) -> bool:
             why = f": {bad.message[:120]}" if bad is not None and bad.message else ""
             print(
                 f"    {test}\n      bare {one.status if one else 'absent'}, "
-                f"wrapped {other.status if other else 'absent'}{why}"
+                f"{wrapped.label} {other.status if other else 'absent'}{why}"
             )
     elif not trouble:
-        print("  same failing/erroring tests in both runs")
+        print(f"  same failing/erroring tests bare and {wrapped.label}")
     if missing:
         print(f"  note: {len(missing)} test id(s) ran in one run only: {missing[:10]}")
     stats = wrapped.stats
@@ -551,6 +565,12 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=CHECKOUT,
         help="the stallwatch source tree to install (default: this checkout)",
+    )
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="also run each suite wrapped with the compiled step accounting (stallwatch._cstep, "
+        "built in the checkout), and the plain wrapped run with STALLWATCH_PURE=1",
     )
     parser.add_argument(
         "--workdir",
@@ -583,12 +603,20 @@ def main(argv: list[str] | None = None) -> int:
             if suite.needs_ipv6_localhost and not localhost_has_ipv6():
                 print("   localhost has no IPv6 address here: its IPv6 tests are deselected")
             bare = run_pytest(suite, python, project, work, wrapped=False)
-            wrapped = run_pytest(suite, python, project, work, wrapped=True)
+            pure = "python" if args.compiled else ""
+            wrapped = run_pytest(suite, python, project, work, wrapped=True, steps=pure)
+            compiled = (
+                run_pytest(suite, python, project, work, wrapped=True, steps="c")
+                if args.compiled
+                else None
+            )
         except (HarnessError, OSError, subprocess.SubprocessError) as exc:
             print(f"  !! {exc}")
             agreed[name] = False
             continue
         agreed[name] = compare(suite, bare, wrapped)
+        if compiled is not None:
+            agreed[name] = compare(suite, bare, compiled) and agreed[name]
         sys.stdout.flush()
     elapsed = time.monotonic() - started
     verdict = ", ".join(f"{name} {'same' if ok else 'DIFFERENT'}" for name, ok in agreed.items())

@@ -99,9 +99,19 @@ class Stats:
     """Tests whose body saw stallwatch's request context set (should equal the above)."""
     async_tests_not_wrapped: int = 0
     """Async tests run as they are: trio's and hypothesis-driven ones."""
+    steps: str = ""
+    """Which step accounting ran: ``python`` or ``c`` (``stallwatch/loop/steps.py``)."""
 
 
-STATS = Stats()
+def _steps() -> str:
+    try:
+        from stallwatch.loop.steps import IMPLEMENTATION
+    except ImportError:  # before the step accounting had two implementations
+        return "python"
+    return IMPLEMENTATION
+
+
+STATS = Stats(steps=_steps())
 
 
 class Watched:
