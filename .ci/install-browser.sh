@@ -7,11 +7,6 @@ if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&
     echo "chromium and chromedriver already installed"
     exit 0
 fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -q
-$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver
+source "$(dirname "$0")/apt.sh"
+apt_install chromium chromium-driver
 chromium --version

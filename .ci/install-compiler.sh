@@ -10,11 +10,6 @@ if command -v cc >/dev/null 2>&1 && [ -f "$headers/Python.h" ]; then
     echo "a C compiler and $headers/Python.h already installed"
     exit 0
 fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -q
-$SUDO apt-get install -y -q --no-install-recommends gcc libc6-dev python3-dev
+source "$(dirname "$0")/apt.sh"
+apt_install gcc libc6-dev python3-dev
 cc --version | head -1

@@ -9,15 +9,13 @@ if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1;
     exit 0
 fi
 
+source "$(dirname "$0")/apt.sh"
+# Without recommends: the server and promtool, not the recommended node exporter.
+apt_install prometheus
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
     SUDO="sudo"
 fi
-
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -q
-# --no-install-recommends: the server and promtool, without the recommended node exporter.
-$SUDO apt-get install -y -q --no-install-recommends prometheus
 # The package starts a system service where an init system runs; the tests start their own
 # Prometheus on a free port, so a service on :9090 is only in the way.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then

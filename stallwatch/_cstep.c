@@ -243,6 +243,11 @@ charge(StepClock *tl, PyObject *span, double seconds)
     if (seconds > longest) {
         Py_SETREF(sp->longest, Py_NewRef(value));
     }
+    if (sp->stretch_id == NULL) {
+        Py_DECREF(value);
+        PyErr_SetString(PyExc_AttributeError, "a span field is not set");
+        return -1;
+    }
     int same = sp->stretch_id == tl->stretch_id;
     if (!same) {
         same = PyObject_RichCompareBool(sp->stretch_id, tl->stretch_id, Py_EQ);
@@ -308,6 +313,10 @@ call_current(StepClock *tl)
 static int
 step_enter(StepClock *tl, PyObject *span, Outer *o)
 {
+    if (tl->clock == NULL || tl->ran == NULL || tl->late_busy == NULL || tl->stretch_id == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "a timeline field was deleted");
+        return -1;
+    }
     PyObject *running;
     if (span == Py_None) {
         running = call_current(tl);
@@ -540,19 +549,20 @@ TimedAwait_am_send(TimedAwait *self, PyObject *arg, PyObject **result)
     if (check_timeline(self) < 0) {
         return PYGEN_ERROR;
     }
-    StepClock *tl = (StepClock *)self->timeline;
+    /* Held for the step: it may release the span, which lets go of its coroutine. */
+    StepClock *tl = (StepClock *)Py_NewRef(self->timeline);
+    PyObject *coro = Py_NewRef(self->coro);
     Outer o;
-    PyObject *coro = Py_NewRef(self->coro); /* the step may release the span */
-    if (step_enter(tl, (PyObject *)self, &o) < 0) {
-        Py_DECREF(coro);
-        return PYGEN_ERROR;
+    PySendResult status = PYGEN_ERROR;
+    if (step_enter(tl, (PyObject *)self, &o) == 0) {
+        status = PyIter_Send(coro, arg, result);
+        if (step_exit(tl, (PyObject *)self, &o) < 0) {
+            Py_CLEAR(*result);
+            status = PYGEN_ERROR;
+        }
     }
-    PySendResult status = PyIter_Send(coro, arg, result);
     Py_DECREF(coro);
-    if (step_exit(tl, (PyObject *)self, &o) < 0) {
-        Py_CLEAR(*result);
-        return PYGEN_ERROR;
-    }
+    Py_DECREF(tl);
     return status;
 }
 
@@ -623,8 +633,10 @@ TimedAwait_throw(TimedAwait *self, PyObject *const *args, Py_ssize_t nargs)
     while (n > 1 && args[n - 1] == Py_None) {
         n--;
     }
-    PyObject *result = timed_call((StepClock *)self->timeline, (PyObject *)self, throw, args, n);
+    PyObject *timeline = Py_NewRef(self->timeline);
+    PyObject *result = timed_call((StepClock *)timeline, (PyObject *)self, throw, args, n);
     Py_DECREF(throw);
+    Py_DECREF(timeline);
     return result;
 }
 

@@ -17,6 +17,7 @@ Loop thread only; the watchdog thread reads ``running`` and ``step_began``.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Generator
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
@@ -186,8 +187,16 @@ class PyTimedAwait:
 
 
 def _pick() -> tuple[str, type[PyStepClock], type[PyTimedAwait]]:
-    """The compiled pair where it was built and not refused, else the Python pair."""
+    """The compiled pair where it was built and not refused, else the Python pair.
+
+    Never on a free-threaded build running without the GIL: the compiled records rely on the
+    GIL, and importing an extension that does not declare otherwise would turn the GIL back
+    on for the whole process, which is the app's to decide.
+    """
     if os.environ.get("STALLWATCH_PURE", "") not in ("", "0"):
+        return "python", PyStepClock, PyTimedAwait
+    gil_enabled = getattr(sys, "_is_gil_enabled", None)
+    if gil_enabled is not None and not gil_enabled():
         return "python", PyStepClock, PyTimedAwait
     try:
         from .. import _cstep  # type: ignore[attr-defined]

@@ -274,3 +274,14 @@ def test_pure_python_is_kept_where_it_is_asked_for() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "python"
+
+
+@pytest.mark.parametrize("field", ["ran", "late_busy", "clock", "stretch_id"])
+def test_a_timeline_without_one_of_its_fields_raises_and_never_crashes(
+    pair: Pair, field: str
+) -> None:
+    tl, a = pair.timeline, pair.span("/a")
+    a.done = True  # so that every field is read
+    delattr(tl, field)
+    with pytest.raises(AttributeError):
+        tl.run_step(a, pair.holds(0.001))
