@@ -22,6 +22,8 @@ from collections.abc import Callable, Generator
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
+from .stretch import SpanBook
+
 __all__ = ["IMPLEMENTATION", "StepClock", "TimedAwait"]
 
 
@@ -45,18 +47,18 @@ class PyStepClock:
     """When the innermost timed step in progress began (``run_step`` keeps it, and gives the
     outer step's back when a nested one ends)."""
     stretch_id: int
-    running: Any
+    running: SpanBook | None
     """The request whose timed step runs now, None when no timed step does."""
-    current: Callable[[], Any]
+    current: Callable[[], SpanBook | None]
     """Who pays for a step ``run_step`` is not told the payer of."""
-    ran: list[Any]
+    ran: list[SpanBook]
     """Spans that ran in the stretch in progress (the timeline's holders' list)."""
     late_busy: dict[str, float]
     """Loop seconds of tasks whose request has ended, by route, until the next flush."""
     clock: Callable[[], float]
     """``time.perf_counter``, or a test's clock."""
 
-    def run_step(self, span: Any, step: Callable[..., Any], *args: Any) -> Any:
+    def run_step(self, span: SpanBook | None, step: Callable[..., Any], *args: Any) -> Any:
         """Run one step of a request's code (its own coroutine, or a task it started) and
         charge the loop time it held to ``span`` (None: whoever ``current`` says after the
         step, as a pipelined request takes over the task the previous one started).
@@ -130,7 +132,7 @@ class PyTimedAwait:
         "timeline",
     )
 
-    timeline: Any
+    timeline: PyStepClock
     busy: float
     longest: float
     stretch_id: int
@@ -155,16 +157,15 @@ class PyTimedAwait:
         return self
 
     def send(self, value: Any = None) -> Any:
-        return self.timeline.run_step(self, self._step, value)
+        return self.timeline.run_step(self, self._step, value)  # type: ignore[arg-type]
 
     __next__ = send
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
         if val is None and tb is None:
-            return self.timeline.run_step(self, self._coro.throw, typ)
-        return self.timeline.run_step(
-            self, self._coro.throw, typ, val, tb
-        )  # pragma: no cover - pre-3.12 callers
+            return self.timeline.run_step(self, self._coro.throw, typ)  # type: ignore[arg-type]
+        # pre-3.12 callers only
+        return self.timeline.run_step(self, self._coro.throw, typ, val, tb)  # type: ignore[arg-type]  # pragma: no cover
 
     def close(self) -> None:
         self._coro.close()

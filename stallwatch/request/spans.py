@@ -56,6 +56,7 @@ class RequestSpan(TimedAwait):
         "trace",
     )
 
+    timeline: Timeline
     ended: float
     ended_in: int
 
