@@ -9,9 +9,12 @@ sets for it) its absence is a failure, not a skip. A fake clock drives the steps
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import os
 import subprocess
 import sys
+import tracemalloc
 import types
 from collections.abc import Callable, Generator
 from typing import Any
@@ -285,3 +288,55 @@ def test_a_timeline_without_one_of_its_fields_raises_and_never_crashes(
     delattr(tl, field)
     with pytest.raises(AttributeError):
         tl.run_step(a, pair.holds(0.001))
+
+
+def test_the_steps_keep_nothing_once_their_records_are_gone(pair: Pair) -> None:
+    """What the compiled twin counts references for by hand: every path, thousands of times,
+    and the memory traced afterwards is what it was (one leaked float a round would be
+    120 KB)."""
+    tl = pair.timeline
+    loop = asyncio.new_event_loop()
+
+    def rounds(n: int) -> None:
+        for i in range(n):
+            a = pair.span("/a")
+            tl.run_step(a, pair.holds(0.001))
+            a.folded = a.stretch_time
+            tl.run_step(a, pair.holds(0.001))
+            pair.payer = a
+            tl.run_step(None, pair.holds(0.001))
+            a.done = True
+            tl.run_step(a, pair.holds(0.001))
+            with contextlib.suppress(ZeroDivisionError):
+                tl.run_step(a, lambda: 1 / 0)
+            b = pair.span("/b").wrap(_app(pair.clock, (1, 2)))
+            b.send(None)
+            with contextlib.suppress(StopIteration):
+                b.send(None)
+            c = pair.span("/c").wrap(_app(pair.clock, 5))
+            next(c)
+            with contextlib.suppress(ValueError):
+                c.throw(ValueError("thrown"))
+            d = pair.span("/d")
+            assert loop.run_until_complete(_awaited(d, pair.clock)) == (3, 4)
+            tl.ran.clear()
+            tl.stretch_id = i
+            pair.payer = None
+        tl.late_busy.clear()
+
+    try:
+        rounds(200)
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        rounds(5000)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        loop.close()
+    assert grown < 32_000
+
+
+async def _awaited(span: Any, clock: Clock) -> object:
+    return await span.wrap(_app(clock, (3, 4)))
