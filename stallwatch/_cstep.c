@@ -356,9 +356,8 @@ step_exit(StepClock *tl, PyObject *span, Outer *o)
     double elapsed = end - o->began;
     double seconds = elapsed - tl->nested; /* less the timed steps inside this one */
     tl->nested = o->outer_nested + elapsed;
-    PyObject *inner = tl->running;
+    PyObject *inner = tl->running; /* let go of last, once the state is whole again */
     tl->running = o->outer_running;
-    Py_XDECREF(inner);
     tl->step_began = o->outer_began; /* the outer step's, where it resumes */
     if (!failed) {
         if (span == Py_None) {
@@ -377,6 +376,7 @@ step_exit(StepClock *tl, PyObject *span, Outer *o)
             failed = 1;
         }
     }
+    Py_XDECREF(inner);
     if (failed) {
         /* as a `finally` that raises: the new exception wins, the step's is its context */
         if (et != NULL) {
