@@ -47,12 +47,16 @@ class PyStepClock:
     """When the innermost timed step in progress began (``run_step`` keeps it, and gives the
     outer step's back when a nested one ends)."""
     stretch_id: int
+    """The busy stretch in progress (its owner, the timeline, counts them)."""
     running: SpanBook | None
-    """The request whose timed step runs now, None when no timed step does."""
+    """The request whose timed step runs now, None when no timed step does (the server's own
+    work, callbacks): ``run_step`` keeps it, the watchdog's profile reads it."""
     current: Callable[[], SpanBook | None]
-    """Who pays for a step ``run_step`` is not told the payer of."""
+    """Who pays for a step ``run_step`` is not told the payer of: the request whose context
+    the step ran in (the monitor passes ``request.tasks.CURRENT.get``)."""
     ran: list[SpanBook]
-    """Spans that ran in the stretch in progress (the timeline's holders' list)."""
+    """Spans that ran in the stretch in progress (the timeline's holders' list, kept here for
+    the steps' hot path)."""
     late_busy: dict[str, float]
     """Loop seconds of tasks whose request has ended, by route, until the next flush."""
     clock: Callable[[], float]

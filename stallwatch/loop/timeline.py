@@ -60,21 +60,15 @@ class Timeline(StepClock):
         self.stretch_id = 0
         self.in_progress = Holders()
         """Who held the stretch in progress (read by OpenTelemetry for a stall not over)."""
+        # The step accounting's fields (``steps.StepClock`` says what each one is): its ``ran``
+        # is the holders' own list, and whoever ``current`` names pays for a task's step.
         self.ran = self.in_progress.ran
-        """Spans that ran in the stretch in progress (the holders' list, kept here for the
-        steps' hot path)."""
         self.clock = clock
         self.nested = 0.0
-        """Seconds of timed steps inside the step in progress (``run_step`` keeps it)."""
         self.step_began = now
-        """When the innermost timed step in progress began (``run_step`` keeps it, and gives
-        the outer step's back when a nested one ends)."""
         self.current = current
-        """Who pays for a step ``run_step`` is not told the payer of: the request whose
-        context the step ran in (the monitor passes ``request.tasks.CURRENT.get``)."""
-        self.running: SpanBook | None = None
-        """The request whose timed step runs now, None when no timed step does (the server's
-        own work, callbacks): ``run_step`` keeps it, the watchdog's profile reads it."""
+        self.running = None
+        self.late_busy = {}
         self.in_flight: set[SpanBook] = set()
         self.seq = 0
         self.prev_seq = 0
@@ -92,8 +86,6 @@ class Timeline(StepClock):
         self.on_wake: Callable[[], None] | None = None
         """Called once, and forgotten, the next time a poll returns (the parked watchdog's
         alarm: ``woke``)."""
-        self.late_busy: dict[str, float] = {}
-        """Loop seconds of tasks whose request has ended, by route, until the next flush."""
         self.allowance = Allowance()
         """What ran inside ``allow_blocking()`` in the stretch in progress (``allow.py``)."""
 
