@@ -88,16 +88,21 @@ class _StepsOnly(StallwatchMiddleware):
         span.release()
 
 
-def _app(variant: str, registry: CollectorRegistry) -> Starlette:
+_MIDDLEWARE: dict[str, type[StallwatchMiddleware]] = {
+    "steps": _StepsOnly,
+    "spans": _WithoutMetrics,
+    "stallwatch": StallwatchMiddleware,
+}
+
+
+def _app(variant: str, registry: CollectorRegistry, options: dict[str, Any]) -> Starlette:
     middleware: list[Middleware] = []
     if variant == "noop":
         middleware = [Middleware(NoopMiddleware)]
-    elif variant == "steps":
-        middleware = [Middleware(_StepsOnly, registry=registry, metrics_path="/metrics")]
-    elif variant == "spans":
-        middleware = [Middleware(_WithoutMetrics, registry=registry, metrics_path="/metrics")]
-    elif variant == "stallwatch":
-        middleware = [Middleware(StallwatchMiddleware, registry=registry, metrics_path="/metrics")]
+    elif variant in _MIDDLEWARE:
+        middleware = [
+            Middleware(_MIDDLEWARE[variant], registry=registry, metrics_path="/metrics", **options)
+        ]
     return Starlette(routes=_routes(), middleware=middleware)
 
 
@@ -187,9 +192,16 @@ async def _load(port: int, size: int, requests: int, connections: int) -> tuple[
 
 
 async def _trial(
-    variant: str, http: str, requests: int, warmup: int, connections: int
+    variant: str,
+    http: str,
+    requests: int,
+    warmup: int,
+    connections: int,
+    options: dict[str, Any] | None = None,
 ) -> tuple[float, float]:
-    """Wall and CPU microseconds per request of one variant, after ``warmup`` requests."""
+    """Wall and CPU microseconds per request of one variant, after ``warmup`` requests
+    (``options``: the monitor's, where the variant has one)."""
+    options = options or {}
     registry = CollectorRegistry()
     # proto IPPROTO_TCP, as uvicorn's own sockets have it: asyncio sets TCP_NODELAY on the
     # accepted connections only then, and without it Nagle adds 40 ms to every response.
@@ -198,7 +210,7 @@ async def _trial(
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        _app(variant, registry), http=http, lifespan="on", log_level="warning",
+        _app(variant, registry, options), http=http, lifespan="on", log_level="warning",
         access_log=False,
     )  # fmt: skip
     server = uvicorn.Server(config)
@@ -210,7 +222,7 @@ async def _trial(
                 serving.result()
             await asyncio.sleep(0.01)
         if variant == "monitor":
-            monitor = LoopMonitor(registry=registry)
+            monitor = LoopMonitor(registry=registry, **options)
             monitor.start()
         size = await _response_size(port)
         await _load(port, size, warmup, connections)

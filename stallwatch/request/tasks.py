@@ -14,11 +14,16 @@ which ``inspect``, anyio, debuggers and ``python -m asyncio ps`` read as they wo
 stallwatch (docs/how-it-works.md weighs this against wrapping the coroutine, which anyio's
 cancellation could tell apart).
 
-The loop's task factory stays for two things only, done at creation: the line of app code
-that started the task (``STARTED_BY``, for the stall report), and a task created after its
-request ended by something that inherited the request's context (a resumed socket reader)
-is not the request's. It chains any factory the app or server set; a factory set after
-ours is found by the heartbeat and chained in turn.
+``call_soon`` is stallwatch's only while a task a request started is alive: the task factory
+(the loop's, which every ``create_task`` goes through) puts it in front of the loop's before
+it creates such a task, so the task's first step is seen too, and the heartbeat takes it off
+once they have all finished. A route that starts no task (most do not) never pays for it.
+The factory also does two things at creation: the line of app code that started the task
+(``STARTED_BY``, for the stall report), and a task created after its request ended by
+something that inherited the request's context (a resumed socket reader) is not the
+request's. It chains any factory the app or server set; a factory set after ours is found by
+the heartbeat and chained in turn. A task made without the factory (``asyncio.Task(coro)``,
+which asyncio discourages) is timed only while another task of a request is alive.
 
 Everything here runs on the loop thread.
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import weakref
 from collections.abc import Callable
 from contextvars import Context, ContextVar
 from typing import TYPE_CHECKING, Any
@@ -78,6 +84,11 @@ class TaskAttribution:
         self._call_soon: Callable[..., asyncio.Handle] = loop.call_soon
         self._had_own_call_soon = False
         self._active = False
+        self.hooked = False
+        """True while ``call_soon`` is ours (a task a request started may be alive)."""
+        self._held = False  # someone set their own call_soon in front of ours: ours stays
+        self._alive: list[Callable[[], asyncio.Future[Any] | None]] = []
+        """The request tasks that keep ``call_soon`` ours, until the heartbeat sees them done."""
         self.origin: Frame | None = None
         """Where the request's code started the task whose step runs now, if it did (the
         watchdog reads it, from its thread, for a stall's ``started_by``)."""
@@ -88,30 +99,56 @@ class TaskAttribution:
         loop = self._loop
         self._previous = loop.get_task_factory()
         loop.set_task_factory(self.factory)
-        own = getattr(loop, "__dict__", {})
-        self._had_own_call_soon = "call_soon" in own  # someone else's, to restore
-        self._call_soon = loop.call_soon
-        loop.call_soon = self.call_soon  # type: ignore[method-assign,assignment]
         self._active = True
 
     def keep_installed(self) -> None:
-        """Chain a factory that was set after ours (the heartbeat calls this)."""
+        """Chain a factory that was set after ours, and give the loop its ``call_soon`` back
+        once no task a request started is alive (the heartbeat calls this)."""
         current = self._loop.get_task_factory()
         if self._active and current is not self.factory:
             self._previous = current
             self._loop.set_task_factory(self.factory)
+        if self.hooked:
+            self._alive = alive = [ref for ref in self._alive if _running(ref)]
+            if not alive:
+                self._unhook()
 
     def uninstall(self) -> None:
         self._active = False  # if another factory or call_soon chained ours, ours passes through
         loop = self._loop
         if loop.get_task_factory() is self.factory:
             loop.set_task_factory(self._previous)
+        self._alive = []
+        self._unhook(stopping=True)
+
+    def _hook(self) -> None:
+        """Put ``call_soon`` in front of the loop's: a task of a request is about to exist."""
+        loop = self._loop
         own = getattr(loop, "__dict__", {})
-        if own.get("call_soon") is self.call_soon:
-            if self._had_own_call_soon:
-                loop.call_soon = self._call_soon  # type: ignore[method-assign,assignment]
-            else:
-                del loop.call_soon
+        self._had_own_call_soon = "call_soon" in own  # someone else's, to restore
+        self._call_soon = loop.call_soon
+        loop.call_soon = self.call_soon  # type: ignore[method-assign,assignment]
+        self.hooked = True
+
+    def _unhook(self, *, stopping: bool = False) -> None:
+        """Give the loop its ``call_soon`` back, unless another tool's stands over ours."""
+        if not self.hooked or (self._held and not stopping):
+            return
+        loop = self._loop
+        own = getattr(loop, "__dict__", {})
+        current = own.get("call_soon")
+        if current is not self.call_soon and current is not None:
+            # Another tool put its own in front of ours and calls ours: taking ours out from
+            # under it (and putting it back later, in front of theirs) would chain ours twice.
+            self._held = True
+            return
+        self.hooked = False
+        if current is None:
+            return  # someone took ours off already: the next request's task puts it back
+        if self._had_own_call_soon:
+            loop.call_soon = self._call_soon  # type: ignore[method-assign,assignment]
+        else:
+            del loop.call_soon
 
     # -- every callback the loop is handed ---------------------------------------------------
 
@@ -145,10 +182,24 @@ class TaskAttribution:
     ) -> asyncio.Future[Any]:
         # Every task the loop creates passes here: outside a request (the server's own task
         # for each request among them) nothing is done but create it.
-        if self._active and kwargs.get("context") is None:
-            span = CURRENT.get()
-            if span is not None:
-                return self._create_in_request(loop, coro, span, kwargs)
+        if self._active:
+            context = kwargs.get("context")
+            if context is None:
+                span = CURRENT.get()
+                if span is not None:
+                    return self._create_in_request(loop, coro, span, kwargs)
+            elif context.get(CURRENT) is not None:  # handed a context of a request's
+                self._ensure_hooked()
+                return self._keep(self._create_plain(loop, coro, kwargs))
+        previous = self._previous  # _create_plain, written out: every server task runs this
+        if previous is not None:
+            return previous(loop, coro, **kwargs)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    def _create_plain(
+        self, loop: asyncio.AbstractEventLoop, coro: Any, kwargs: dict[str, Any]
+    ) -> asyncio.Future[Any]:
+        """The task as the loop would make it: the chained factory's, or asyncio's own."""
         previous = self._previous
         if previous is not None:
             return previous(loop, coro, **kwargs)
@@ -169,14 +220,37 @@ class TaskAttribution:
                 origin = STARTED_BY.set(self._started_by())
         except Exception:
             self._on_error()
+        if token is None:
+            self._ensure_hooked()
         try:
-            previous = self._previous
-            if previous is not None:
-                return previous(loop, coro, **kwargs)
-            return asyncio.Task(coro, loop=loop, **kwargs)
+            task = self._create_plain(loop, coro, kwargs)
+            if token is None:
+                self._keep(task)
+            return task
         finally:
             # The task copied the context as it is now; ours goes back as it was.
             if token is not None:
                 CURRENT.reset(token)
             if origin is not None:
                 STARTED_BY.reset(origin)
+
+    def _ensure_hooked(self) -> None:
+        """Before a request's task exists: its first step is scheduled as it is made."""
+        if not self.hooked:
+            try:
+                self._hook()
+            except Exception:
+                self._on_error()
+
+    def _keep(self, task: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        """``call_soon`` stays ours while ``task``, a request's, is alive."""
+        try:
+            self._alive.append(weakref.ref(task))
+        except TypeError:  # a factory's future that takes no weak reference: held until done
+            self._alive.append(lambda: task)
+        return task
+
+
+def _running(ref: Callable[[], asyncio.Future[Any] | None]) -> bool:
+    task = ref()
+    return task is not None and not task.done()

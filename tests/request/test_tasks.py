@@ -344,18 +344,88 @@ def test_anyio_cancels_a_requests_task_group_as_it_does_bare() -> None:
 
 def test_a_requests_tasks_steps_are_timed_where_the_loop_schedules_them() -> None:
     """Neither the loop's class nor any task is changed: ``call_soon`` of this one loop is
-    stallwatch's while it watches, and the loop's own again when it stops."""
+    stallwatch's while a task a request started is alive, the loop's own again once the
+    heartbeat sees them all done, and when the monitor stops."""
 
-    async def main() -> tuple[bool, bool, bool]:
+    async def main() -> dict[str, bool]:
         loop = asyncio.get_running_loop()
-        monitor = LoopMonitor(registry=CollectorRegistry())
-        monitor.start()
-        during = "call_soon" in vars(loop)
-        monitor.stop()
-        await asyncio.sleep(0)
-        return during, "call_soon" in vars(loop), loop.call_soon.__func__ is type(loop).call_soon  # type: ignore[attr-defined]
+        seen: dict[str, bool] = {}
 
-    during, after, on_class = asyncio.run(main())
-    assert during
-    assert not after
-    assert on_class
+        async def child() -> None:
+            await asyncio.sleep(0)
+            seen["child"] = "call_soon" in vars(loop)
+
+        async def work() -> None:
+            seen["before"] = "call_soon" in vars(loop)
+            await asyncio.create_task(child())
+
+        app = middleware(app_running({"/w": work}), CollectorRegistry())
+        await request(app, "/w")
+        assert app.monitor is not None
+        seen["after"] = "call_soon" in vars(loop)
+        for _ in range(100):  # the heartbeat looks every tenth beat (100 ms)
+            await asyncio.sleep(0.01)
+            if "call_soon" not in vars(loop):
+                break
+        seen["later"] = "call_soon" in vars(loop)
+        await request(app, "/w")
+        seen["again"] = "call_soon" in vars(loop)
+        app.monitor.stop()
+        await asyncio.sleep(0)
+        seen["stopped"] = "call_soon" in vars(loop)
+        seen["on_class"] = loop.call_soon.__func__ is type(loop).call_soon  # type: ignore[attr-defined]
+        return seen
+
+    seen = asyncio.run(main())
+    assert seen == {
+        "before": False,  # a route that starts no task never meets it
+        "child": True,
+        "after": True,
+        "later": False,
+        "again": True,
+        "stopped": False,
+        "on_class": True,
+    }
+
+
+def test_a_call_soon_set_in_front_of_stallwatchs_keeps_it_and_runs_once() -> None:
+    """Another tool that sets the loop's ``call_soon`` over ours (and calls ours) is never
+    taken out from under: ours stays, and a request's task step is still timed once."""
+
+    async def main() -> tuple[bool, int, float]:
+        loop = asyncio.get_running_loop()
+        calls = 0
+
+        async def child() -> None:
+            await asyncio.sleep(0)
+            time.sleep(0.01)
+
+        async def work() -> None:
+            await asyncio.create_task(child())
+
+        registry = CollectorRegistry()
+        app = middleware(app_running({"/w": work}), registry)
+        await request(app, "/w")
+        ours = loop.call_soon
+
+        def theirs(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return ours(*args, **kwargs)
+
+        loop.call_soon = theirs  # type: ignore[method-assign]
+        for _ in range(30):  # three looks of the heartbeat, which would give ours back
+            await asyncio.sleep(0.01)
+        calls_before = calls
+        await request(app, "/w")
+        assert app.monitor is not None
+        app.monitor.flush()
+        still = loop.call_soon is theirs
+        del loop.call_soon
+        app.monitor.stop()
+        return still, calls - calls_before, busy_seconds(registry, "/w")
+
+    still, calls, busy = asyncio.run(main())
+    assert still
+    assert calls > 0
+    assert 0.02 <= busy < 0.05  # two requests, each child's 10 ms block counted once
