@@ -90,7 +90,7 @@ def judge(
 ) -> Trial:  # fmt: skip
     """One block and what the tool reported about it, marked right or wrong."""
     line = block["line"]
-    common = {"tool": tool, "loop": loop, "kind": kind, "target_ms": target_ms}
+    common: dict[str, Any] = {"tool": tool, "loop": loop, "kind": kind, "target_ms": target_ms}
     common["seconds"] = block["seconds"]
     if tool == "loopguard":
         detected = headers.get("x-blocking-detected") == "true"

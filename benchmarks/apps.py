@@ -80,7 +80,7 @@ WORK_ROWS = 850
 
 
 def work(rows: int = WORK_ROWS) -> int:
-    table = [{"id": i, "value": i * 3, "name": "row"} for i in range(rows)]
+    table: list[dict[str, Any]] = [{"id": i, "value": i * 3, "name": "row"} for i in range(rows)]
     total = 0
     for row in table:
         if row["value"] % 2:
@@ -294,7 +294,7 @@ def _prototype(variant: str, framework: str, bhm: bool) -> Any:
         from stallwatch.request import spans
 
         # The app awaited as it is: its own steps untimed (tasks it starts still are).
-        spans.RequestSpan.wrap = lambda self, awaitable: awaitable  # type: ignore[method-assign,assignment,return-value]
+        spans.RequestSpan.wrap = lambda self, awaitable: awaitable  # type: ignore[method-assign]
     if variant == "sw-nosendwrap":
         from stallwatch.request import spans
 

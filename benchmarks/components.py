@@ -13,6 +13,8 @@ parts cost, so the parts are measured here, in two ways:
 
    - ``bare``: the Starlette app alone;
    - ``noop``: a no-op pure-ASGI middleware (the floor of any middleware);
+   - ``timer``: the floor of any per-request loop timer in Python, for reference (a context
+     variable, the request's status, each step of its coroutine timed; nothing else);
    - ``monitor``: the bare app on a loop watched by ``LoopMonitor`` (heartbeat, probe and
      watchdog thread: the loop-level hooks);
    - ``steps``: ``StallwatchMiddleware`` reduced to opening a request span and timing each
@@ -39,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import gc
 import logging
 import os
@@ -46,7 +49,7 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 import uvicorn
@@ -57,11 +60,12 @@ from starlette.middleware import Middleware
 from benchmarks._common import loadavg, median, print_machine, run_on
 from benchmarks.apps import NoopMiddleware, _routes
 from stallwatch import LoopMonitor, StallwatchMiddleware, get_monitor
+from stallwatch._types import ASGIApp, Message, Receive, Scope, Send
 from stallwatch.loop.probes import PollProbe
 from stallwatch.loop.timeline import Timeline
 from stallwatch.request.spans import RequestSpan
 
-SERVER_VARIANTS = ("bare", "noop", "monitor", "steps", "spans", "stallwatch")
+SERVER_VARIANTS = ("bare", "noop", "timer", "monitor", "steps", "spans", "stallwatch")
 FLAVOURS = {"plain": ("asyncio", "h11"), "standard": ("uvloop", "httptools")}
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -88,6 +92,81 @@ class _StepsOnly(StallwatchMiddleware):
         span.release()
 
 
+_TIMED: contextvars.ContextVar[_TimedRequest | None] = contextvars.ContextVar(
+    "bench_timed", default=None
+)
+
+
+class _TimedRequest:
+    """The least a per-request loop timer keeps: the request's status and its loop time."""
+
+    __slots__ = ("_coro", "_send", "_step", "busy", "longest", "start", "status")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.start = time.perf_counter()
+        self.busy = 0.0
+        self.longest = 0.0
+        self.status = 0
+
+    def wrap(self, coro: Any) -> _TimedRequest:
+        """Time the steps of ``coro`` (the app's coroutine); returns self, to await."""
+        self._coro = coro
+        self._step = coro.send
+        return self
+
+    def asgi_send(self, message: Message) -> Awaitable[None]:
+        if not self.status and message["type"] == "http.response.start":
+            self.status = message["status"]
+        return self._send(message)
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return self  # type: ignore[return-value]  # an iterator with send and throw
+
+    def __iter__(self) -> _TimedRequest:
+        return self
+
+    def send(self, value: Any = None) -> Any:
+        began = time.perf_counter()
+        try:
+            return self._step(value)
+        finally:
+            seconds = time.perf_counter() - began
+            self.busy += seconds
+            if seconds > self.longest:
+                self.longest = seconds
+
+    __next__ = send
+
+    def throw(self, *args: Any) -> Any:
+        return self._coro.throw(*args)
+
+
+class _StepTimer:
+    """The floor of any per-request loop timer written in Python, for reference: a context
+    variable that the request's tasks inherit, a record of the request that takes its status
+    from ``send``, and each step of its coroutine timed. No route, no loop watching, no
+    nested steps, no metrics: what stallwatch pays beyond this is for those."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.ended: list[tuple[int, float, float, float]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        timed = _TimedRequest(send)
+        token = _TIMED.set(timed)
+        try:
+            await timed.wrap(self.app(scope, receive, timed.asgi_send))
+        finally:
+            _TIMED.reset(token)
+            ended = self.ended
+            ended.append(
+                (timed.status, time.perf_counter() - timed.start, timed.busy, timed.longest)
+            )
+            if len(ended) > 1000:
+                ended.clear()
+
+
 _MIDDLEWARE: dict[str, type[StallwatchMiddleware]] = {
     "steps": _StepsOnly,
     "spans": _WithoutMetrics,
@@ -99,9 +178,16 @@ def _app(variant: str, registry: CollectorRegistry, options: dict[str, Any]) -> 
     middleware: list[Middleware] = []
     if variant == "noop":
         middleware = [Middleware(NoopMiddleware)]
+    elif variant == "timer":
+        middleware = [Middleware(_StepTimer)]
     elif variant in _MIDDLEWARE:
         middleware = [
-            Middleware(_MIDDLEWARE[variant], registry=registry, metrics_path="/metrics", **options)
+            Middleware(
+                _MIDDLEWARE[variant],  # type: ignore[arg-type]  # keyword options of its own
+                registry=registry,
+                metrics_path="/metrics",
+                **options,
+            )
         ]
     return Starlette(routes=_routes(), middleware=middleware)
 
@@ -268,6 +354,7 @@ def server_path(
 
 COMPONENTS = (
     ("no-op pure-ASGI middleware, for reference (noop - bare)", "noop", "bare"),
+    ("the least per-request loop timer, for reference (timer - bare)", "timer", "bare"),
     ("loop-level hooks: heartbeat, probe, watchdog (monitor - bare)", "monitor", "bare"),
     ("middleware, span, in-flight set, step timing (steps - monitor)", "steps", "monitor"),
     ("route name and frozen time (spans - steps)", "spans", "steps"),

@@ -115,7 +115,9 @@ def serve_timed(times: str, profile: bool, argv: list[str]) -> None:
 
     if not profile:
         # As create_app looks it up when it builds the app: the same options, profile off.
-        unprofiled = functools.partial(demo_app.app.StallwatchMiddleware, profile=False)
+        from stallwatch import StallwatchMiddleware
+
+        unprofiled = functools.partial(StallwatchMiddleware, profile=False)
         setattr(demo_app.app, "StallwatchMiddleware", unprofiled)  # noqa: B010
 
     read: Callable[[Any, str], str | None] = getattr(demo_app.app, "read_blocking")  # noqa: B009
