@@ -2,18 +2,19 @@
 
 Timed figures of a 40 us request move by +-2 us from run to run on a shared VM, more than
 most single changes to the request path are worth, and this machine's speed varies up to 3x
-from day to day. Instructions executed do not: under valgrind (``callgrind``) the count of a
-run is the same to 0.1 % every time, so a change of 1 % of stallwatch's cost is seen, and
-compared across days. It is not time: a cache miss or a syscall costs more than its count
-says, so the wrk matrix (``overhead.py``) stays the judge of the targets; this is the tool
-for deciding what to cut, and for proving that a change cut it.
+from day to day. Instructions executed do not: under valgrind (``callgrind``) the count per
+request repeats within about 0.2 % (600 instructions of 270,000) from run to run, so a change
+of 1 to 2 % of stallwatch's cost is seen, and compared across days. It is not time: a cache
+miss or a syscall costs more than its count says, so the wrk matrix (``overhead.py``) stays
+the judge of the targets; this is the tool for deciding what to cut, and for proving that a
+change cut it.
 
 The requests go through ``components.py``'s server path: real uvicorn (httptools, uvloop)
 on a loopback socket, a closed-loop client on the same loop, 32 connections. Each variant
 runs twice in a fresh process, with N and 2N requests after the same warm-up; the
 difference over N is the count per request, start-up and warm-up taken out. Variants are
-those of ``components.py``: ``bare``, ``noop``, ``monitor``, ``steps``, ``spans``,
-``stallwatch``.
+those of ``components.py``: ``bare``, ``noop``, ``timer`` (the least per-request loop timer
+in Python, for reference), ``monitor``, ``steps``, ``spans``, ``stallwatch``.
 
 Valgrind runs the program about 50 times slower, so every busy stretch is longer than the
 1 ms floor (as under load, where they all are) and would be a stall too: the monitor's
@@ -24,7 +25,7 @@ profile 1 sample a second), so the count is of the request path, not of stall ha
 stallwatch's functions executes per request (``sys.settrace``; no valgrind needed): the
 table that says where the instructions go.
 
-    python -m benchmarks.instructions                      # about 5 minutes; needs valgrind
+    python -m benchmarks.instructions                      # about 8 minutes; needs valgrind
     python -m benchmarks.instructions --variants bare,stallwatch --opcodes
 """
 
