@@ -17,17 +17,20 @@ does), then the driver's own ``/_probe`` and ``/_gc``, never measured; the expor
 times them, read from ``/_gc`` (and ``/_gc?objects=1`` counts the tracked objects by type).
 It is off in the timed runs: it is itself a callback on every collection.
 
-``NoopMiddleware`` and ``_routes`` are what ``benchmarks/components.py`` builds on.
+``NoopMiddleware``, ``StepTimerMiddleware`` and ``_routes`` are what ``benchmarks/components.py``
+builds on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import os
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from time import perf_counter
 from typing import Any
 
@@ -37,7 +40,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stallwatch import LoopMonitor, StallwatchMiddleware, get_monitor
 
@@ -189,6 +192,87 @@ class NoopMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
+
+
+_TIMED: contextvars.ContextVar[_TimedRequest | None] = contextvars.ContextVar(
+    "bench_timed", default=None
+)
+
+
+class _TimedRequest:
+    """The least a per-request loop timer keeps: the request's status and its loop time."""
+
+    __slots__ = ("_coro", "_send", "_step", "busy", "longest", "start", "status")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.start = time.perf_counter()
+        self.busy = 0.0
+        self.longest = 0.0
+        self.status = 0
+
+    def wrap(self, coro: Any) -> _TimedRequest:
+        """Time the steps of ``coro`` (the app's coroutine); returns self, to await."""
+        self._coro = coro
+        self._step = coro.send
+        return self
+
+    def asgi_send(self, message: Message) -> Awaitable[None]:
+        if not self.status and message["type"] == "http.response.start":
+            self.status = message["status"]
+        return self._send(message)
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return self  # type: ignore[return-value]  # an iterator with send and throw
+
+    def __iter__(self) -> _TimedRequest:
+        return self
+
+    def send(self, value: Any = None) -> Any:
+        began = time.perf_counter()
+        try:
+            return self._step(value)
+        finally:
+            seconds = time.perf_counter() - began
+            self.busy += seconds
+            if seconds > self.longest:
+                self.longest = seconds
+
+    __next__ = send
+
+    def throw(self, *args: Any) -> Any:
+        return self._coro.throw(*args)
+
+
+class StepTimerMiddleware:
+    """The floor of any per-request loop timer written in Python, for reference: a context
+    variable that the request's tasks inherit, a record of the request that takes its status
+    from ``send``, and each step of its coroutine timed. No route, no loop watching, no
+    nested steps, no metrics: what stallwatch pays beyond this is for those."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        # Totals, not a list: a record kept per request would be the collector's work too.
+        self.requests = 0
+        self.errors = 0
+        self.seconds = 0.0
+        self.busy = 0.0
+        self.longest = 0.0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        timed = _TimedRequest(send)
+        token = _TIMED.set(timed)
+        try:
+            await timed.wrap(self.app(scope, receive, timed.asgi_send))
+        finally:
+            _TIMED.reset(token)
+            self.requests += 1
+            if timed.status >= 500 or not timed.status:
+                self.errors += 1
+            self.seconds += time.perf_counter() - timed.start
+            self.busy += timed.busy
+            if timed.longest > self.longest:
+                self.longest = timed.longest
 
 
 class PassThrough(BaseHTTPMiddleware):
@@ -343,6 +427,8 @@ def build(framework: str, variant: str, *, bhm: bool = False) -> Any:
         return app
     if variant == "noop":
         app.add_middleware(NoopMiddleware)
+    elif variant == "timer":
+        app.add_middleware(StepTimerMiddleware)
     elif variant == "stallwatch":
         _stallwatch(app)
     elif variant == "loopguard":

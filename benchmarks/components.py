@@ -34,6 +34,7 @@ parts cost, so the parts are measured here, in two ways:
 
     python -m benchmarks.components                 # about 3 minutes
     python -m benchmarks.components --rounds 2 --requests 5000   # a quick check
+    python -m benchmarks.components --skip-micro --path /work --gc   # the ~200 us handler; GC
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import contextvars
 import gc
 import logging
 import os
@@ -49,7 +49,7 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import uvicorn
@@ -58,9 +58,8 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from benchmarks._common import loadavg, median, print_machine, run_on
-from benchmarks.apps import NoopMiddleware, _routes
+from benchmarks.apps import NoopMiddleware, StepTimerMiddleware, _routes
 from stallwatch import LoopMonitor, StallwatchMiddleware, get_monitor
-from stallwatch._types import ASGIApp, Message, Receive, Scope, Send
 from stallwatch.loop.probes import PollProbe
 from stallwatch.loop.timeline import Timeline
 from stallwatch.request.spans import RequestSpan
@@ -68,6 +67,36 @@ from stallwatch.request.spans import RequestSpan
 SERVER_VARIANTS = ("bare", "noop", "timer", "monitor", "steps", "spans", "stallwatch")
 FLAVOURS = {"plain": ("asyncio", "h11"), "standard": ("uvloop", "httptools")}
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+"""The request every client sends (``--path`` changes it: ``/work`` is the ~200 us handler)."""
+
+
+class _GCClock:
+    """Collections per generation and the seconds they took, while ``counting``.
+
+    A ``gc.callbacks`` hook costs about a microsecond a collection, the same in every variant:
+    it is installed only with ``--gc``.
+    """
+
+    def __init__(self) -> None:
+        self.counting = False
+        self.collections = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._began = 0.0
+
+    def reset(self) -> None:
+        self.collections = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        elif self.counting:
+            generation = info["generation"]
+            self.collections[generation] += 1
+            self.seconds[generation] += time.perf_counter() - self._began
+
+
+_GC_CLOCK = _GCClock()
 
 
 # -- 1. through the real server path ------------------------------------------------------------
@@ -92,81 +121,6 @@ class _StepsOnly(StallwatchMiddleware):
         span.release()
 
 
-_TIMED: contextvars.ContextVar[_TimedRequest | None] = contextvars.ContextVar(
-    "bench_timed", default=None
-)
-
-
-class _TimedRequest:
-    """The least a per-request loop timer keeps: the request's status and its loop time."""
-
-    __slots__ = ("_coro", "_send", "_step", "busy", "longest", "start", "status")
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
-        self.start = time.perf_counter()
-        self.busy = 0.0
-        self.longest = 0.0
-        self.status = 0
-
-    def wrap(self, coro: Any) -> _TimedRequest:
-        """Time the steps of ``coro`` (the app's coroutine); returns self, to await."""
-        self._coro = coro
-        self._step = coro.send
-        return self
-
-    def asgi_send(self, message: Message) -> Awaitable[None]:
-        if not self.status and message["type"] == "http.response.start":
-            self.status = message["status"]
-        return self._send(message)
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        return self  # type: ignore[return-value]  # an iterator with send and throw
-
-    def __iter__(self) -> _TimedRequest:
-        return self
-
-    def send(self, value: Any = None) -> Any:
-        began = time.perf_counter()
-        try:
-            return self._step(value)
-        finally:
-            seconds = time.perf_counter() - began
-            self.busy += seconds
-            if seconds > self.longest:
-                self.longest = seconds
-
-    __next__ = send
-
-    def throw(self, *args: Any) -> Any:
-        return self._coro.throw(*args)
-
-
-class _StepTimer:
-    """The floor of any per-request loop timer written in Python, for reference: a context
-    variable that the request's tasks inherit, a record of the request that takes its status
-    from ``send``, and each step of its coroutine timed. No route, no loop watching, no
-    nested steps, no metrics: what stallwatch pays beyond this is for those."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.ended: list[tuple[int, float, float, float]] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        timed = _TimedRequest(send)
-        token = _TIMED.set(timed)
-        try:
-            await timed.wrap(self.app(scope, receive, timed.asgi_send))
-        finally:
-            _TIMED.reset(token)
-            ended = self.ended
-            ended.append(
-                (timed.status, time.perf_counter() - timed.start, timed.busy, timed.longest)
-            )
-            if len(ended) > 1000:
-                ended.clear()
-
-
 _MIDDLEWARE: dict[str, type[StallwatchMiddleware]] = {
     "steps": _StepsOnly,
     "spans": _WithoutMetrics,
@@ -179,7 +133,7 @@ def _app(variant: str, registry: CollectorRegistry, options: dict[str, Any]) -> 
     if variant == "noop":
         middleware = [Middleware(NoopMiddleware)]
     elif variant == "timer":
-        middleware = [Middleware(_StepTimer)]
+        middleware = [Middleware(StepTimerMiddleware)]
     elif variant in _MIDDLEWARE:
         middleware = [
             Middleware(
@@ -262,6 +216,8 @@ async def _load(port: int, size: int, requests: int, connections: int) -> tuple[
     for _ in range(connections):
         _, client = await loop.create_connection(lambda: _Client(pool), "127.0.0.1", port)
         clients.append(client)
+    _GC_CLOCK.reset()
+    _GC_CLOCK.counting = True
     began = time.perf_counter()
     cpu = time.process_time()
     for client in clients:
@@ -271,6 +227,7 @@ async def _load(port: int, size: int, requests: int, connections: int) -> tuple[
     await pool.finished
     cpu = time.process_time() - cpu
     elapsed = time.perf_counter() - began
+    _GC_CLOCK.counting = False
     for client in clients:
         if client.transport is not None:
             client.transport.close()
@@ -324,13 +281,15 @@ async def _trial(
 
 
 Series = dict[str, dict[str, dict[str, list[float]]]]
-"""flavour -> variant -> "cpu" or "wall" -> microseconds per request, one per round."""
+"""flavour -> variant -> clock -> one figure per round: "cpu", "wall" and "gc0" to "gc2" in
+microseconds per request, "gc0n" to "gc2n" in collections per 1000 requests (with ``--gc``)."""
 
 
 def server_path(
     flavours: list[str], rounds: int, requests: int, warmup: int, connections: int
 ) -> Series:
-    results: Series = {f: {v: {"cpu": [], "wall": []} for v in SERVER_VARIANTS} for f in flavours}
+    clocks = ("cpu", "wall", "gc0", "gc1", "gc2", "gc0n", "gc1n", "gc2n")
+    results: Series = {f: {v: {c: [] for c in clocks} for v in SERVER_VARIANTS} for f in flavours}
     for round_no in range(rounds):
         for flavour in flavours:
             loop_kind, http = FLAVOURS[flavour]
@@ -340,6 +299,13 @@ def server_path(
                 wall, cpu = run_on(loop_kind, _trial(variant, http, requests, warmup, connections))
                 results[flavour][variant]["wall"].append(wall)
                 results[flavour][variant]["cpu"].append(cpu)
+                for generation in range(3):  # zeros unless --gc
+                    results[flavour][variant][f"gc{generation}"].append(
+                        _GC_CLOCK.seconds[generation] / requests * 1e6
+                    )
+                    results[flavour][variant][f"gc{generation}n"].append(
+                        _GC_CLOCK.collections[generation] / requests * 1000
+                    )
         print(
             f"round {round_no + 1}/{rounds}, CPU us/request: "
             + "; ".join(
@@ -386,6 +352,17 @@ def report_server_path(results: Series, connections: int) -> None:
         print("|---|---:|---:|")
         for name, a, b in COMPONENTS:
             print(f"| {name} | {diff(a, b, 'cpu'):+.2f} | {diff(a, b, 'wall'):+.2f} |")
+        if any(any(series["gc0n"]) for series in by_variant.values()):
+            print(
+                "\n| variant | collections per 1000 requests, gen 0 / 1 / 2 "
+                "| GC us/request, gen 0 / 1 / 2 (CPU us of it all) |"
+            )
+            print("|---|---:|---:|")
+            for variant, series in by_variant.items():
+                counts = " / ".join(f"{median(series[f'gc{g}n']):.1f}" for g in range(3))
+                spent = [median(series[f"gc{g}"]) for g in range(3)]
+                shown = " / ".join(f"{x:.2f}" for x in spent)
+                print(f"| {variant} | {counts} | {shown} ({sum(spent):.2f}) |")
 
 
 # -- 2. tight loops ------------------------------------------------------------------------------
@@ -653,11 +630,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-n", type=int, default=200_000, help="tight-loop iterations")
     parser.add_argument("--skip-micro", action="store_true")
     parser.add_argument("--skip-server", action="store_true")
+    parser.add_argument("--path", default="/", help="the route every request asks for (/)")
+    parser.add_argument("--gc", action="store_true", help="also time the collections")
     args = parser.parse_args(argv)
     flavours = [f for f in args.flavours.split(",") if f]
     for name in flavours:
         if name not in FLAVOURS:
             parser.error(f"unknown flavour {name!r}; choose from {', '.join(FLAVOURS)}")
+    if not args.path.startswith("/") or any(c.isspace() for c in args.path):
+        parser.error(f"--path must be a path such as /work, got {args.path!r}")
+    global REQUEST
+    REQUEST = f"GET {args.path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    if args.gc:
+        gc.callbacks.append(_GC_CLOCK)
 
     # Stalls in a benchmark are the benchmark's own (a gc.collect() between phases); their log
     # lines would only interleave with the tables.

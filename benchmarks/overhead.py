@@ -62,7 +62,7 @@ from benchmarks._servers import (
 from benchmarks.apps import PROTOTYPES, TRACED
 
 VARIANTS = ("bare", "monitor", "stallwatch", *PEERS)
-OPTIONAL_VARIANTS = ("noop", *PROTOTYPES, *TRACED)
+OPTIONAL_VARIANTS = ("noop", "timer", *PROTOTYPES, *TRACED)
 QUICK_CELLS = (
     "fastapi/standard/50/nobhm/ping",
     "fastapi/standard/50/bhm/work",
