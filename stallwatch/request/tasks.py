@@ -191,10 +191,7 @@ class TaskAttribution:
             elif context.get(CURRENT) is not None:  # handed a context of a request's
                 self._ensure_hooked()
                 return self._keep(self._create_plain(loop, coro, kwargs))
-        previous = self._previous  # _create_plain, written out: every server task runs this
-        if previous is not None:
-            return previous(loop, coro, **kwargs)
-        return asyncio.Task(coro, loop=loop, **kwargs)
+        return self._create_plain(loop, coro, kwargs)
 
     def _create_plain(
         self, loop: asyncio.AbstractEventLoop, coro: Any, kwargs: dict[str, Any]
